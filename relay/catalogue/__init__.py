@@ -1,0 +1,57 @@
+"""The catalogue: the one owner of persistent state, and the desired state every agent receives.
+
+All database access in relay goes through here. Each table family has its own object
+(``catalogue.cameras``, ``catalogue.courses`` …); every method runs in one transaction, so an API
+call either applies whole or not at all. SQLAlchemy Core keeps the queries portable: an embedded
+SQLite file by default, PostgreSQL by ``database_url``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .accounts import Account, Accounts
+from .cameras import Cameras, DeletedCameras
+from .courses import Courses
+from .database import CatalogueUnavailable, Database
+from .errors import AlreadyExists, CatalogueError, CourseOverlap, NotFound
+from .gatherers import Gatherers
+from .paging import Page
+from .records import Records
+
+__all__ = [
+    "Account",
+    "AlreadyExists",
+    "Catalogue",
+    "CatalogueError",
+    "CatalogueUnavailable",
+    "CourseOverlap",
+    "DeletedCameras",
+    "NotFound",
+    "Page",
+]
+
+
+class Catalogue:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.accounts = Accounts(db, clock)
+        self.gatherers = Gatherers(db, clock)
+        self.cameras = Cameras(db, clock)
+        self.courses = Courses(db, clock)
+        self.records = Records(db, clock)
+
+    @classmethod
+    async def open(cls, url: str, clock: Callable[[], float] = time.time) -> Catalogue:
+        """Connect, creating or upgrading the schema first."""
+        return cls(await Database.open(url), clock)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def signing_key(self) -> bytes:
+        return await self.db.signing_key()
+
+    async def ping(self) -> None:
+        await self.db.ping()

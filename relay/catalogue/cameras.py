@@ -1,0 +1,187 @@
+"""Cameras (通道), their latest snapshot, and what deleting one takes with it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, delete, select, update
+
+from .database import Database
+from .errors import NotFound
+from .paging import Page, fetch_page
+from .schema import cameras, courses, gatherers, records, snapshots
+
+#: Columns the API may set on a camera (add_camera / mod_camera).
+FIELDS = (
+    "camera_name",
+    "stream_prop",
+    "stream_url",
+    "stream_mp4",
+    "device_ip",
+    "device_user",
+    "device_pass",
+    "device_cmd_port",
+    "device_mirror",
+    "device_osd",
+    "device_twice",
+    "device_show",
+)
+
+
+@dataclass(frozen=True)
+class DeletedCameras:
+    """What a deletion removed: the cameras (for their agents) and the stored files to unlink."""
+
+    cameras: list[dict[str, Any]]
+    files: list[str]
+
+
+def _listing() -> Select:
+    return (
+        select(
+            cameras,
+            gatherers.c.name_set,
+            snapshots.c.image_fdfs,
+        )
+        .join(gatherers, gatherers.c.gather_id == cameras.c.gather_id)
+        .outerjoin(snapshots, snapshots.c.image_id == cameras.c.image_id)
+    )
+
+
+class Cameras:
+    def __init__(self, db: Database, clock) -> None:  # type: ignore[no-untyped-def]
+        self._db = db
+        self._clock = clock
+
+    async def page(self, cur: int, per: int) -> Page:
+        async with self._db.read() as conn:
+            return await fetch_page(conn, _listing().order_by(cameras.c.camera_id.desc()), cur, per)
+
+    async def get(self, camera_id: int) -> dict[str, Any]:
+        async with self._db.read() as conn:
+            row = (await conn.execute(_listing().where(cameras.c.camera_id == camera_id))).first()
+        if row is None:
+            raise NotFound(f"no camera {camera_id}", [camera_id])
+        return dict(row._mapping)
+
+    async def of_gatherer(self, gather_id: int) -> list[dict[str, Any]]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                _listing()
+                .where(cameras.c.gather_id == gather_id)
+                .order_by(cameras.c.camera_id)
+            )
+            return [dict(row._mapping) for row in rows]
+
+    async def add(self, gather_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+        now = int(self._clock())
+        async with self._db.write() as conn:
+            exists = (
+                await conn.execute(
+                    select(gatherers.c.gather_id).where(gatherers.c.gather_id == gather_id)
+                )
+            ).first()
+            if exists is None:
+                raise NotFound(f"no gatherer {gather_id}", [gather_id])
+            result = await conn.execute(
+                cameras.insert().values(gather_id=gather_id, created=now, updated=now, **fields)
+            )
+            camera_id = result.inserted_primary_key[0]
+            row = (await conn.execute(_listing().where(cameras.c.camera_id == camera_id))).one()
+        return dict(row._mapping)
+
+    async def update(
+        self,
+        camera_id: int,
+        changes: dict[str, Any],
+        check: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Apply ``changes`` and return the row as stored.
+
+        ``check`` sees the row as it would be after the change, inside the transaction; whatever it
+        raises aborts the change.
+        """
+        async with self._db.write() as conn:
+            row = (await conn.execute(select(cameras).where(cameras.c.camera_id == camera_id))).first()
+            if row is None:
+                raise NotFound(f"no camera {camera_id}", [camera_id])
+            if check is not None:
+                check({**row._mapping, **changes})
+            await conn.execute(
+                update(cameras)
+                .where(cameras.c.camera_id == camera_id)
+                .values(updated=int(self._clock()), **changes)
+            )
+            row = (await conn.execute(_listing().where(cameras.c.camera_id == camera_id))).one()
+        return dict(row._mapping)
+
+    async def set_status(self, camera_id: int, status: int) -> None:
+        """The agent's report: -1 reset, 0 offline, 1 online."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(cameras).where(cameras.c.camera_id == camera_id).values(status=status)
+            )
+
+    async def count_click(self, camera_id: int) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(cameras)
+                .where(cameras.c.camera_id == camera_id)
+                .values(clicks=cameras.c.clicks + 1)
+            )
+
+    async def add_snapshot(self, camera_id: int, image_fdfs: str) -> int:
+        """Record a snapshot file and make it the camera's latest; returns its ``image_id``."""
+        async with self._db.write() as conn:
+            found = (
+                await conn.execute(select(cameras.c.camera_id).where(cameras.c.camera_id == camera_id))
+            ).first()
+            if found is None:
+                raise NotFound(f"no camera {camera_id}", [camera_id])
+            result = await conn.execute(
+                snapshots.insert().values(
+                    camera_id=camera_id, image_fdfs=image_fdfs, created=int(self._clock())
+                )
+            )
+            image_id = result.inserted_primary_key[0]
+            await conn.execute(
+                update(cameras).where(cameras.c.camera_id == camera_id).values(image_id=image_id)
+            )
+        return image_id
+
+    async def delete(self, camera_ids: list[int]) -> DeletedCameras:
+        """Delete the cameras with their courses, records and snapshots, all or none.
+
+        Raises ``NotFound`` (deleting nothing) when any id names no camera. Returns the stored
+        files the rows pointed at; the caller unlinks them once this transaction has committed.
+        """
+        async with self._db.write() as conn:
+            found = [
+                dict(row._mapping)
+                for row in await conn.execute(
+                    select(cameras.c.camera_id, cameras.c.gather_id).where(
+                        cameras.c.camera_id.in_(camera_ids)
+                    )
+                )
+            ]
+            missing = sorted(set(camera_ids) - {row["camera_id"] for row in found})
+            if missing:
+                raise NotFound(f"no camera {missing}", missing)
+            files: list[str] = []
+            for row in await conn.execute(
+                select(records.c.file_fdfs, records.c.image_fdfs).where(
+                    records.c.camera_id.in_(camera_ids)
+                )
+            ):
+                files.extend(path for path in row if path)
+            files.extend(
+                await conn.scalars(
+                    select(snapshots.c.image_fdfs).where(snapshots.c.camera_id.in_(camera_ids))
+                )
+            )
+            for table in (courses, records, snapshots):
+                await conn.execute(delete(table).where(table.c.camera_id.in_(camera_ids)))
+            await conn.execute(delete(cameras).where(cameras.c.camera_id.in_(camera_ids)))
+        return DeletedCameras(found, files)

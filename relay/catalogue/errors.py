@@ -1,0 +1,34 @@
+"""What the catalogue refuses, independent of how the API words it."""
+
+from __future__ import annotations
+
+
+class CatalogueError(Exception):
+    """Base of every refusal; the message is for logs and operators."""
+
+
+class NotFound(CatalogueError):
+    """A row named by id (or name) does not exist.
+
+    ``ids`` lists the missing ones; ``kind`` says which table ("camera", "course" …) when a call
+    names rows of several.
+    """
+
+    def __init__(self, message: str, ids: list[int] | None = None, kind: str = "") -> None:
+        super().__init__(message)
+        self.ids = ids or []
+        self.kind = kind
+
+
+class AlreadyExists(CatalogueError):
+    """A unique name is taken."""
+
+
+class CourseOverlap(CatalogueError):
+    """A course would overlap another course of the same camera and weekday."""
+
+    def __init__(self, course_id: int, start_sec: int, elapse_sec: int) -> None:
+        super().__init__(f"overlaps course {course_id}")
+        self.course_id = course_id
+        self.start_sec = start_sec
+        self.elapse_sec = elapse_sec

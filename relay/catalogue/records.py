@@ -1,0 +1,91 @@
+"""Recordings: rows pointing at stored video files and their thumbnails."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Select, delete, select, update
+
+from .database import Database
+from .errors import NotFound
+from .paging import Page, fetch_page
+from .schema import cameras, records
+
+
+def _listing() -> Select:
+    return select(records, cameras.c.camera_name).join(
+        cameras, cameras.c.camera_id == records.c.camera_id
+    )
+
+
+class Records:
+    def __init__(self, db: Database, clock) -> None:  # type: ignore[no-untyped-def]
+        self._db = db
+        self._clock = clock
+
+    async def add(
+        self,
+        camera_id: int,
+        file_fdfs: str,
+        image_fdfs: str = "",
+        file_size: int = 0,
+        duration: int = 0,
+    ) -> int:
+        """Record a finished recording of ``camera_id``; returns its ``record_id``."""
+        now = int(self._clock())
+        async with self._db.write() as conn:
+            gather_id = (
+                await conn.execute(
+                    select(cameras.c.gather_id).where(cameras.c.camera_id == camera_id)
+                )
+            ).scalar()
+            if gather_id is None:
+                raise NotFound(f"no camera {camera_id}", [camera_id])
+            result = await conn.execute(
+                records.insert().values(
+                    gather_id=gather_id,
+                    camera_id=camera_id,
+                    file_fdfs=file_fdfs,
+                    image_fdfs=image_fdfs,
+                    file_size=file_size,
+                    duration=duration,
+                    created=now,
+                    updated=now,
+                )
+            )
+            return result.inserted_primary_key[0]
+
+    async def page(self, cur: int, per: int) -> Page:
+        async with self._db.read() as conn:
+            return await fetch_page(conn, _listing().order_by(records.c.record_id.desc()), cur, per)
+
+    async def get(self, record_id: int) -> dict[str, Any]:
+        async with self._db.read() as conn:
+            row = (await conn.execute(_listing().where(records.c.record_id == record_id))).first()
+        if row is None:
+            raise NotFound(f"no record {record_id}", [record_id])
+        return dict(row._mapping)
+
+    async def count_click(self, record_id: int) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(records)
+                .where(records.c.record_id == record_id)
+                .values(clicks=records.c.clicks + 1)
+            )
+
+    async def delete(self, record_ids: list[int]) -> list[str]:
+        """Delete the records, all or none; returns their stored files for the caller to unlink."""
+        async with self._db.write() as conn:
+            found = (
+                await conn.execute(
+                    select(records.c.record_id, records.c.file_fdfs, records.c.image_fdfs).where(
+                        records.c.record_id.in_(record_ids)
+                    )
+                )
+            ).all()
+            missing = sorted(set(record_ids) - {row.record_id for row in found})
+            if missing:
+                raise NotFound(f"no record {missing}", missing)
+            await conn.execute(delete(records).where(records.c.record_id.in_(record_ids)))
+        return [path for row in found for path in (row.file_fdfs, row.image_fdfs) if path]

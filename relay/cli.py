@@ -1,0 +1,130 @@
+"""The ``relay`` command: ``serve`` and ``user``; every subcommand takes ``--data`` / ``RELAY_DATA``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .catalogue import AlreadyExists, Catalogue, CatalogueUnavailable, NotFound
+from .config import ConfigError, Settings, load_settings
+from .logs import setup_logging
+
+MIN_PASSWORD = 8
+
+
+class CommandError(Exception):
+    """Ends the command with this message on stderr and exit status 1."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="data directory (RELAY_DATA; default ./data)")
+    parser.add_argument("--config", help="TOML settings file (RELAY_CONFIG)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description="Cloud monitor relay.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API, /admin, player pages and files")
+    _common(serve)
+    for field in dataclasses.fields(Settings):
+        if field.name != "data":
+            serve.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
+                               help=f"(RELAY_{field.name.upper()})")
+
+    user = commands.add_parser("user", help="manage accounts")
+    actions = user.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="create an account (password from a prompt or "
+                                         "RELAY_PASSWORD)")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="may use the API")
+    for action, text in (
+        ("credential", "print the account's API credential (unionid)"),
+        ("rotate", "issue a new API credential; tokens of the old one stop working"),
+        ("password", "set a new password (prompt or RELAY_PASSWORD)"),
+    ):
+        actions.add_parser(action, help=text).add_argument("name")
+    admin = actions.add_parser("admin", help="grant or withdraw administrator rights")
+    admin.add_argument("name")
+    admin.add_argument("state", choices=("on", "off"))
+    actions.add_parser("list", help="list accounts")
+    for sub in (add, admin, *(actions.choices[a] for a in ("credential", "rotate", "password",
+                                                           "list"))):
+        _common(sub)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        field.name: getattr(args, field.name, None) for field in dataclasses.fields(Settings)
+    }
+    return load_settings(overrides, config_file=args.config)
+
+
+def _new_password(name: str) -> str:
+    password = os.environ.get("RELAY_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise CommandError("no password: set RELAY_PASSWORD or run in a terminal")
+        password = getpass.getpass(f"Password for {name}: ")
+        if getpass.getpass("Again: ") != password:
+            raise CommandError("the passwords differ")
+    if len(password) < MIN_PASSWORD:
+        raise CommandError(f"the password needs at least {MIN_PASSWORD} characters")
+    return password
+
+
+async def _user(args: argparse.Namespace, settings: Settings) -> None:
+    catalogue = await Catalogue.open(settings.db_url)
+    accounts = catalogue.accounts
+    try:
+        if args.action == "add":
+            account = await accounts.add(args.name, _new_password(args.name), args.admin)
+            role = "administrator" if account.is_admin else "user"
+            print(f"created {role} {account.name}", file=sys.stderr)
+        elif args.action == "list":
+            for account in await accounts.list():
+                print(f"{account.name}\t{'admin' if account.is_admin else 'user'}")
+        elif args.action == "credential":
+            account = await accounts.by_name(args.name)
+            if account is None:
+                raise NotFound(f"no account named {args.name!r}")
+            print(account.credential)
+        elif args.action == "rotate":
+            print(await accounts.rotate(args.name))
+        elif args.action == "password":
+            await accounts.set_password(args.name, _new_password(args.name))
+        elif args.action == "admin":
+            await accounts.set_admin(args.name, args.state == "on")
+    finally:
+        await catalogue.close()
+
+
+def _run(work: Callable[[], Awaitable[Any]]) -> None:
+    asyncio.run(work())  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        setup_logging(settings.log_level if args.command == "serve" else "warning")
+        if args.command == "serve":
+            from .server import serve
+
+            serve(settings)
+        elif args.command == "user":
+            _run(lambda: _user(args, settings))
+    except (ConfigError, CatalogueUnavailable, CommandError, NotFound, AlreadyExists,
+            ValueError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,138 @@
+"""Settings: defaults, then a TOML file, then ``RELAY_*`` variables, then command-line flags.
+
+Every setting has the same name everywhere: ``token_ttl`` in the TOML file is ``RELAY_TOKEN_TTL`` in
+the environment and ``--token-ttl`` where a subcommand offers the flag. The TOML file is the one named
+by ``--config`` / ``RELAY_CONFIG``, else ``relay.toml`` in the data dir when it exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting has a value we cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data: Path = Path("data")
+    listen: str = "127.0.0.1:8080"
+    public_url: str = ""
+    storage_addr: str = ""
+    database_url: str = ""
+    timezone: str = ""
+    token_ttl: int = 7200
+    command_timeout: float = 10.0
+    play_ticket_ttl: int = 600
+    session_ttl: int = 12 * 3600
+    log_level: str = "info"
+    player_dir: Path = field(default_factory=lambda: Path(__file__).resolve().parent.parent / "player")
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def base_url(self) -> str:
+        """The URL clients reach us at, without a trailing slash."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def storage_url(self) -> str:
+        return (self.storage_addr or self.base_url).rstrip("/")
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data / "files"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{(self.data / 'relay.sqlite3').resolve()}"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "Path":
+            return Path(value).expanduser()
+        if kind == "int":
+            number = int(value)
+            if number <= 0:
+                raise ValueError
+            return number
+        if kind == "float":
+            number = float(value)
+            if not number > 0:
+                raise ValueError
+            return number
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: {value!r} is not a valid {kind}") from exc
+
+
+def _validate(settings: Settings) -> Settings:
+    host, sep, port = settings.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"setting 'listen': {settings.listen!r} is not HOST:PORT")
+    for name in ("public_url", "storage_addr"):
+        url = getattr(settings, name)
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"setting {name!r}: {url!r} must start with http:// or https://")
+    if settings.timezone:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(settings.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"setting 'timezone': unknown zone {settings.timezone!r}") from exc
+    return settings
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file, ``RELAY_*`` variables and ``overrides`` (flags), in that order."""
+    environ = dict(os.environ if environ is None else environ)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    from_env = {
+        name: environ[f"RELAY_{name.upper()}"]
+        for name in _FIELDS
+        if f"RELAY_{name.upper()}" in environ
+    }
+    data_dir = Path(overrides.get("data") or from_env.get("data") or Settings.data)
+    config_path = config_file or environ.get("RELAY_CONFIG")
+    from_file: dict[str, Any] = {}
+    if config_path or (data_dir / "relay.toml").is_file():
+        path = Path(config_path or data_dir / "relay.toml")
+        try:
+            from_file = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        unknown = sorted(set(from_file) - set(_FIELDS))
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    merged: dict[str, Any] = {}
+    for source in (from_file, from_env, overrides):
+        for name, value in source.items():
+            merged[name] = _coerce(name, value)
+    return _validate(Settings(**merged))

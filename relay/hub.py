@@ -1,0 +1,100 @@
+"""The hub: the one way API commands reach gatherer agents, and how their answers come back.
+
+``send`` returns the ``transmit`` object of an API answer: the agent's own reply (meaning it applied
+the command), 10002 when the gatherer has no live link, or 10003 when the agent did not answer within
+the command timeout. It never raises and never waits longer than the timeout. The catalogue already
+holds the change when ``send`` is called, so an offline agent receives it with its full desired
+state when it next logs in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+OFFLINE = 10002
+TIMEOUT = 10003
+FAILED = 10004
+
+TRANSMIT_MESSAGES = {
+    OFFLINE: "没有在线的采集端。",
+    TIMEOUT: "采集端响应超时。",
+    FAILED: "采集端连接中断。",
+}
+
+
+def transmit(code: int, **extra: Any) -> dict[str, Any]:
+    return {"err_code": code, "err_msg": TRANSMIT_MESSAGES[code], **extra}
+
+
+class AgentLink(Protocol):
+    """A live connection to one agent (provided by the agent link module)."""
+
+    async def request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Send one command and return the agent's answer (``err_code``, ``err_msg``, data)."""
+        ...
+
+
+class Hub:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._links: dict[int, AgentLink] = {}
+
+    def attach(self, gather_id: int, link: AgentLink) -> AgentLink | None:
+        """Make ``link`` the gatherer's live link; returns the one it replaces, if any."""
+        previous = self._links.get(gather_id)
+        self._links[gather_id] = link
+        return previous
+
+    def detach(self, gather_id: int, link: AgentLink) -> bool:
+        """Forget ``link`` unless a newer link has replaced it; True when it was the live one."""
+        if self._links.get(gather_id) is link:
+            del self._links[gather_id]
+            return True
+        return False
+
+    def online(self, gather_id: int) -> bool:
+        return gather_id in self._links
+
+    async def send(self, gather_id: int, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        link = self._links.get(gather_id)
+        if link is None:
+            return transmit(OFFLINE)
+        started = time.monotonic()
+        try:
+            answer = await asyncio.wait_for(link.request(action, data), self.timeout)
+        except TimeoutError:
+            log.warning("gatherer %d: %s got no answer within %.1f s", gather_id, action,
+                        self.timeout)
+            return transmit(TIMEOUT)
+        except ConnectionError as exc:
+            log.warning("gatherer %d: link lost during %s: %s", gather_id, action, exc)
+            return transmit(FAILED)
+        log.info("gatherer %d: %s answered %s in %.3f s", gather_id, action,
+                 answer.get("err_code"), time.monotonic() - started)
+        return answer
+
+    async def send_each(self, commands: list[tuple[int, str, dict[str, Any]]]) -> dict[str, Any]:
+        """Send several commands (possibly to several gatherers) at once; one ``transmit``.
+
+        With one command it is that command's answer. With more, ``err_code`` is the first
+        non-zero one (or 0) and ``gathers`` lists each answer with its ``gather_id``.
+        """
+        if not commands:
+            return {"err_code": 0, "err_msg": "OK"}
+        answers = await asyncio.gather(*(self.send(*command) for command in commands))
+        if len(answers) == 1:
+            return answers[0]
+        failed = next((answer for answer in answers if answer.get("err_code")), None)
+        return {
+            "err_code": failed["err_code"] if failed else 0,
+            "err_msg": failed["err_msg"] if failed else "OK",
+            "gathers": [
+                {"gather_id": command[0], **answer}
+                for command, answer in zip(commands, answers, strict=True)
+            ],
+        }

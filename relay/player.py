@@ -1,0 +1,118 @@
+"""The player pages behind ``play_url``: checks the play ticket, then serves ``player/`` files.
+
+``/play/live/<camera_id>`` and ``/play/record/<record_id>`` serve the page; the page asks
+``…/info`` (with the same ticket) for what it needs. Every refusal is a short page or JSON saying
+why, never a stack trace. Player pages may be embedded in any site's ``<iframe>``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from .catalogue import NotFound
+from .services import SERVICES, Services
+from .tickets import Kind, TicketError, check_ticket
+
+log = logging.getLogger(__name__)
+
+_ASSETS = {"player.css": "text/css", "live.js": "text/javascript", "record.js": "text/javascript"}
+_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer"}
+
+
+def _target(request: web.Request, kind: Kind) -> int:
+    """The id in the path, once the request's ticket is checked for it."""
+    services = request.app[SERVICES]
+    raw = request.match_info["target"]
+    if not raw.isdigit() or not 0 < int(raw) <= 2**53:
+        raise TicketError("no such " + ("camera" if kind == "live" else "recording"))
+    target = int(raw)
+    check_ticket(services.signer, services.clock, kind, request.query.get("ticket"), target)
+    return target
+
+
+def _refusal_page(reason: str, status: int) -> web.Response:
+    body = (
+        "<!doctype html><meta charset=utf-8><title>Cannot play</title>"
+        "<link rel=stylesheet href=/player/player.css>"
+        f"<p class=status data-state=error>无法播放 · cannot play: {html.escape(reason)}</p>"
+    )
+    return web.Response(text=body, status=status, content_type="text/html", headers=_HEADERS)
+
+
+def _page(kind: Kind):  # type: ignore[no-untyped-def]
+    async def serve(request: web.Request) -> web.StreamResponse:
+        services = request.app[SERVICES]
+        try:
+            target = _target(request, kind)
+            await _count_click(services, kind, target)
+        except TicketError as refusal:
+            log.info("player page refused: %s", refusal)
+            return _refusal_page(str(refusal), 403)
+        except NotFound:
+            return _refusal_page("it no longer exists", 404)
+        page = services.settings.player_dir / f"{kind}.html"
+        return web.FileResponse(page, headers={**_HEADERS, "Content-Type": "text/html"})
+
+    return serve
+
+
+async def _count_click(services: Services, kind: Kind, target: int) -> None:
+    if kind == "live":
+        await services.catalogue.cameras.get(target)
+        await services.catalogue.cameras.count_click(target)
+    else:
+        await services.catalogue.records.get(target)
+        await services.catalogue.records.count_click(target)
+
+
+def _info(kind: Kind):  # type: ignore[no-untyped-def]
+    async def serve(request: web.Request) -> web.Response:
+        services = request.app[SERVICES]
+        try:
+            target = _target(request, kind)
+            body = await (_live_info if kind == "live" else _record_info)(services, target)
+        except TicketError as refusal:
+            return web.json_response({"error": str(refusal)}, status=403, headers=_HEADERS)
+        except NotFound:
+            return web.json_response({"error": "it no longer exists"}, status=404,
+                                     headers=_HEADERS)
+        return web.json_response(body, headers=_HEADERS)
+
+    return serve
+
+
+async def _live_info(services: Services, camera_id: int) -> dict[str, Any]:
+    camera = await services.catalogue.cameras.get(camera_id)
+    return {"camera_name": camera["camera_name"], "status": camera["status"]}
+
+
+async def _record_info(services: Services, record_id: int) -> dict[str, Any]:
+    record = await services.catalogue.records.get(record_id)
+    return {
+        "camera_name": record["camera_name"],
+        "duration": record["duration"],
+        "url": services.settings.storage_url + record["file_fdfs"],
+        "poster": services.settings.storage_url + record["image_fdfs"]
+        if record["image_fdfs"] else "",
+    }
+
+
+async def _asset(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if name not in _ASSETS:
+        raise web.HTTPNotFound()
+    path = request.app[SERVICES].settings.player_dir / name
+    return web.FileResponse(path, headers={"Content-Type": _ASSETS[name],
+                                           "Cache-Control": "public, max-age=300"})
+
+
+def add_routes(app: web.Application) -> None:
+    for kind in ("live", "record"):
+        app.router.add_get(f"/play/{kind}/{{target}}", _page(kind))
+        app.router.add_get(f"/play/{kind}/{{target}}/info", _info(kind))
+    app.router.add_get("/player/{name}", _asset)

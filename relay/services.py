@@ -1,0 +1,29 @@
+"""What request handlers share: the settings, the catalogue, the hub, storage and the clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .catalogue import Catalogue
+from .config import Settings
+from .hub import Hub
+from .present import Presenter
+from .signing import Signer
+from .storage import Storage
+
+
+@dataclass
+class Services:
+    settings: Settings
+    catalogue: Catalogue
+    hub: Hub
+    storage: Storage
+    signer: Signer
+    presenter: Presenter
+    clock: Callable[[], float]
+
+
+SERVICES = web.AppKey("services", Services)
