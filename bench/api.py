@@ -1,0 +1,492 @@
+"""Benchmark the API's listing endpoints against a bare aiohttp baseline, with wrk.
+
+    .venv/bin/python bench/api.py [--rounds 3] [--duration 10] [--rows 100000]
+
+What it does, in order:
+
+1. creates a temporary data dir and seeds its catalogue with ``--rows`` cameras (spread over a few
+   gatherers made the way an agent's registration makes them) and ``--rows`` records, by bulk inserts
+   through the catalogue's own engine, with the columns the app itself writes;
+2. starts a real ``relay serve`` on a free 127.0.0.1 port, reads the API credential from the
+   first-start banner and exchanges it for a token;
+3. starts the baseline: a bare aiohttp app in its own process (same Python) whose one GET handler
+   answers a constant JSON body, the bytes of one real ``list_camera`` page (per=10);
+4. warms every target up, then runs wrk on baseline, list_camera (cur=1), list_camera deep page and
+   list_record (cur=1) in turn, for ``--rounds`` rounds, and prints medians and the ratio of each
+   target's median req/s to the baseline's.
+
+Every process it starts is stopped by its PID, and the temporary dir removed, on the way out,
+Ctrl-C and failures included. Each answer is checked (``err_code`` 0, a full page) before and after
+the measurements, since the API answers errors with HTTP 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+CHUNK = 5000
+PER = 10
+START_TIMEOUT = 60.0
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Processes:
+    """Every child we start, so that cleanup stops exactly those, by PID."""
+
+    def __init__(self) -> None:
+        self._children: list[subprocess.Popen[Any]] = []
+
+    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        child = subprocess.Popen(argv, **kwargs)
+        self._children.append(child)
+        return child
+
+    def stop(self, child: subprocess.Popen[Any], grace: float = 10.0) -> None:
+        if child.poll() is None:
+            try:
+                os.kill(child.pid, signal.SIGINT)
+                child.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait(5)
+            except ProcessLookupError:
+                pass
+        if child in self._children:
+            self._children.remove(child)
+
+    def stop_all(self) -> None:
+        for child in reversed(list(self._children)):
+            try:
+                self.stop(child)
+            except Exception as exc:  # keep going: the others must stop too
+                print(f"bench: could not stop PID {child.pid}: {exc}", file=sys.stderr)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 10.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as answer:
+        return answer.read()
+
+
+def wait_for_http(url: str, child: subprocess.Popen[Any], timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"PID {child.pid} exited with {child.returncode} while starting")
+        try:
+            http_get(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def read_banner(child: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> str:
+    """Read the child's stdout until the first-start banner has named the API credential."""
+    assert child.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(child.stdout, selectors.EVENT_READ)
+    text = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if re.search(rb"API credential:\s+\S+\s", text):
+                return text.decode()
+            if not selector.select(timeout=0.5):
+                if child.poll() is not None:
+                    break
+                continue
+            chunk = os.read(child.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            text += chunk
+    finally:
+        selector.close()
+    raise RuntimeError(f"no API credential in relay's first-start banner: {text.decode()[:500]!r}")
+
+
+def drain(stream: Any) -> None:
+    """Keep reading a child's pipe in the background so it can never block on a full pipe."""
+
+    def run() -> None:
+        try:
+            while stream.read(65536):
+                pass
+        except (OSError, ValueError):
+            pass
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+async def seed(data: Path, rows: int, gatherer_count: int) -> dict[str, float]:
+    """Fill a fresh catalogue in ``data`` with ``rows`` cameras and ``rows`` records."""
+    from relay.catalogue import Catalogue
+    from relay.catalogue.schema import cameras, records
+    from relay.config import load_settings
+
+    settings = load_settings({"data": data}, environ={})
+    rng = random.Random(20240601)
+    now = int(time.time())
+    timings: dict[str, float] = {}
+    catalogue = await Catalogue.open(settings.db_url)
+    try:
+        gather_ids = [
+            await catalogue.gatherers.register(
+                f"02:00:00:00:00:{index:02x}", ip_addr=f"10.0.0.{index + 10}",
+                name_pc=f"采集端-{index + 1}", os_name="Windows 10",
+            )
+            for index in range(gatherer_count)
+        ]
+
+        started = time.perf_counter()
+        for low in range(0, rows, CHUNK):
+            chunk = []
+            for number in range(low, min(low + CHUNK, rows)):
+                created = now - 365 * 86400 + number * (365 * 86400 // max(rows, 1))
+                mp4 = number % 2 == 0  # half files (stream_prop 1), half RTSP streams (2)
+                # The columns add_camera writes (the rest take their column defaults).
+                chunk.append({
+                    "gather_id": gather_ids[number % gatherer_count],
+                    "camera_name": f"教学楼{number // 40 + 1}-{number % 40 + 1:02d}教室",
+                    "stream_prop": 1 if mp4 else 2,
+                    "stream_url": "" if mp4 else f"rtsp://10.1.{number // 250 % 250}."
+                                                 f"{number % 250 + 1}:554/Streaming/Channels/101",
+                    "stream_mp4": f"/srv/video/course-{number:06d}.mp4" if mp4 else "",
+                    "created": created,
+                    "updated": created,
+                })
+            async with catalogue.db.write() as conn:
+                await conn.execute(cameras.insert(), chunk)
+        timings["cameras"] = time.perf_counter() - started
+
+        async with catalogue.db.read() as conn:
+            owners = (
+                await conn.execute(cameras.select().with_only_columns(
+                    cameras.c.camera_id, cameras.c.gather_id))
+            ).all()
+        started = time.perf_counter()
+        for low in range(0, rows, CHUNK):
+            chunk = []
+            for number in range(low, min(low + CHUNK, rows)):
+                camera_id, gather_id = owners[rng.randrange(len(owners))]
+                created = now - 30 * 86400 + number * (30 * 86400 // max(rows, 1))
+                day = time.strftime("%Y/%m/%d", time.gmtime(created))
+                # The columns Records.add writes.
+                chunk.append({
+                    "gather_id": gather_id,
+                    "camera_id": camera_id,
+                    "file_fdfs": f"/files/records/{day}/{camera_id}-{number}.mp4",
+                    "image_fdfs": f"/files/records/{day}/{camera_id}-{number}.jpg",
+                    "file_size": rng.randrange(50_000_000, 900_000_000),
+                    "duration": rng.randrange(600, 3600),
+                    "created": created,
+                    "updated": created,
+                })
+            async with catalogue.db.write() as conn:
+                await conn.execute(records.insert(), chunk)
+        timings["records"] = time.perf_counter() - started
+    finally:
+        await catalogue.close()
+    return timings
+
+
+# --------------------------------------------------------------------------- baseline server
+
+
+def serve_baseline(port: int, body_file: Path) -> None:
+    """The baseline: a bare aiohttp app answering one constant JSON body (run as a child process)."""
+    from aiohttp import web
+
+    body = body_file.read_bytes()
+
+    async def constant(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get("/constant", constant)
+    app.router.add_get("/healthz", constant)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, attribute: str) -> float:
+        return statistics.median(getattr(run, attribute) for run in self.runs)
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
+    if not match:
+        raise ValueError(f"unreadable wrk time {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> Run:
+    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", output, re.M)
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
+    if not (rps and p50 and p99):
+        raise RuntimeError(f"unreadable wrk output:\n{output}")
+    errors = 0
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if socket_errors:
+        errors += sum(int(value) for value in socket_errors.groups())
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    return Run(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), errors)
+
+
+def wrk(processes: Processes, url: str, duration: float, threads: int, connections: int) -> Run:
+    seconds = max(1, round(duration))
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    child = processes.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = child.communicate(timeout=seconds + 30)
+    finally:
+        processes.stop(child)
+    if child.returncode != 0:
+        raise RuntimeError(f"wrk failed ({child.returncode}):\n{output}")
+    return parse_wrk(output)
+
+
+# --------------------------------------------------------------------------- checks and report
+
+
+def check_page(url: str, expected_rows: int) -> dict[str, Any]:
+    answer = json.loads(http_get(url))
+    if answer.get("err_code") != 0 or len(answer.get("data", [])) != expected_rows:
+        raise RuntimeError(f"{url.split('?')[0]} answered {str(answer)[:300]}")
+    return answer
+
+
+def table(targets: list[Target], baseline: Target) -> str:
+    base = baseline.median("rps")
+    lines = [
+        "| target | req/s (median) | p50 ms | p99 ms | ratio to baseline | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for target in targets:
+        rps = target.median("rps")
+        lines.append(
+            f"| {target.name} | {rps:,.0f} | {target.median('p50_ms'):.2f} | "
+            f"{target.median('p99_ms'):.2f} | {rps / base:.3f} | "
+            f"{sum(run.errors for run in target.runs)} |"
+        )
+    return "\n".join(lines)
+
+
+def rounds_table(targets: list[Target]) -> str:
+    rounds = len(targets[0].runs)
+    lines = [
+        "| target | " + " | ".join(f"round {n + 1} req/s" for n in range(rounds)) + " |",
+        "|---|" + "---:|" * rounds,
+    ]
+    for target in targets:
+        lines.append(
+            f"| {target.name} | " + " | ".join(f"{run.rps:,.0f}" for run in target.runs) + " |"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="measurement rounds (default 3)")
+    parser.add_argument("--duration", type=float, default=10,
+                        help="seconds of wrk per target and round (default 10)")
+    parser.add_argument("--rows", type=int, default=100_000,
+                        help="cameras, and records, to seed (default 100000)")
+    parser.add_argument("--gatherers", type=int, default=4, help="gatherers owning the cameras")
+    parser.add_argument("--deep-page", type=int, default=5000,
+                        help="cur of the deep list_camera page (default 5000; clamped to the "
+                             "last page)")
+    parser.add_argument("--warmup", type=float, default=2,
+                        help="seconds of wrk on each target before measuring (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers to this file")
+    parser.add_argument("--serve-baseline", nargs=2, metavar=("PORT", "BODY_FILE"),
+                        help=argparse.SUPPRESS)
+    return parser
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed")
+    data = work / "data"
+
+    print(f"seeding {args.rows:,} cameras and {args.rows:,} records in {data} …", flush=True)
+    timings = asyncio.run(seed(data, args.rows, args.gatherers))
+    print(f"  cameras {timings['cameras']:.1f}s, records {timings['records']:.1f}s", flush=True)
+
+    relay_port = free_port()
+    relay_log = (work / "relay.stderr").open("wb")
+    relay = processes.start(
+        [sys.executable, "-m", "relay", "serve", "--data", str(data),
+         "--listen", f"127.0.0.1:{relay_port}", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=relay_log, cwd=ROOT,
+    )
+    banner = read_banner(relay)
+    drain(relay.stdout)
+    credential = re.search(r"API credential:\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
+    relay_base = f"http://127.0.0.1:{relay_port}"
+    wait_for_http(relay_base + "/healthz", relay)
+    answer = json.loads(http_get(f"{relay_base}/api/v1/access_token?unionid={credential}"))
+    if answer.get("err_code") != 0:
+        raise RuntimeError(f"access_token answered {answer}")
+    token = answer["token"]
+    print(f"relay serve PID {relay.pid} on {relay_base}", flush=True)
+
+    api = f"{relay_base}/api/v1"
+    deep = max(1, min(args.deep_page, -(-args.rows // PER)))
+    deep_rows = min(PER, args.rows - (deep - 1) * PER)
+    urls = {
+        "list_camera cur=1": f"{api}/list_camera?token={token}&cur=1&per={PER}",
+        f"list_camera cur={deep}": f"{api}/list_camera?token={token}&cur={deep}&per={PER}",
+        "list_record cur=1": f"{api}/list_record?token={token}&cur=1&per={PER}",
+    }
+    expected = {name: (deep_rows if "cur=1" not in name else min(PER, args.rows)) for name in urls}
+    for name, url in urls.items():
+        check_page(url, expected[name])
+
+    body = http_get(urls["list_camera cur=1"])
+    body_file = work / "baseline.json"
+    body_file.write_bytes(body)
+    base_port = free_port()
+    baseline_proc = processes.start(
+        [sys.executable, str(Path(__file__).resolve()), "--serve-baseline", str(base_port),
+         str(body_file)],
+        stdout=subprocess.DEVNULL, stderr=(work / "baseline.stderr").open("wb"),
+    )
+    baseline_url = f"http://127.0.0.1:{base_port}/constant"
+    wait_for_http(baseline_url, baseline_proc)
+    print(f"baseline PID {baseline_proc.pid} on {baseline_url} ({len(body):,} byte body)",
+          flush=True)
+
+    baseline = Target("baseline (bare aiohttp)", baseline_url)
+    targets = [baseline, *(Target(name, url) for name, url in urls.items())]
+    if args.warmup > 0:
+        for target in targets:
+            wrk(processes, target.url, args.warmup, args.threads, args.connections)
+    for number in range(args.rounds):
+        for target in targets:
+            run = wrk(processes, target.url, args.duration, args.threads, args.connections)
+            target.runs.append(run)
+            print(f"  round {number + 1}/{args.rounds} {target.name:<26} {run.rps:9,.1f} req/s  "
+                  f"p50 {run.p50_ms:8.2f} ms  p99 {run.p99_ms:8.2f} ms  errors {run.errors}",
+                  flush=True)
+    for name, url in urls.items():
+        check_page(url, expected[name])  # still answering real pages (token not expired, …)
+
+    print()
+    print(f"{args.rows:,} cameras / {args.rows:,} records; wrk -t{args.threads} "
+          f"-c{args.connections} -d{max(1, round(args.duration))}s, {args.rounds} rounds, medians; "
+          f"nproc {os.cpu_count()}, Python {platform.python_version()}")
+    print(table(targets, baseline))
+    print()
+    print(rounds_table(targets))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "argv": sys.argv, "rows": args.rows, "nproc": os.cpu_count(),
+            "python": platform.python_version(), "body_bytes": len(body),
+            "targets": {target.name: [run.__dict__ for run in target.runs] for target in targets},
+        }, indent=2))
+    relay_errors = (work / "relay.stderr").read_text(errors="replace")
+    problems = [line for line in relay_errors.splitlines()
+                if " ERROR " in line or "Traceback" in line]
+    if problems:
+        print(f"\nrelay logged {len(problems)} error line(s); first: {problems[0]}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.serve_baseline:
+        serve_baseline(int(args.serve_baseline[0]), Path(args.serve_baseline[1]))
+        return 0
+    if args.rounds < 1 or args.duration < 1 or args.rows < 1 or args.gatherers < 1:
+        raise SystemExit("bench: --rounds, --duration, --rows and --gatherers must be at least 1")
+    signal.signal(signal.SIGTERM, _interrupt)
+    processes = Processes()
+    work = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    try:
+        return bench(args, processes, work)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let cleanup finish on a second Ctrl-C
+        processes.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

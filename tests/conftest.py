@@ -1,0 +1,196 @@
+"""Shared fixtures.
+
+``api`` runs the real application in this process on a real socket, over a real SQLite file in a
+temporary data dir, with a clock the test can move (token expiry is tested without sleeping).
+``relay_server`` starts a real ``relay serve`` process for tests that need the command itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from relay.config import load_settings
+from relay.logs import AccessLogger
+from relay.server import build_app, open_services
+from relay.services import Services
+
+RELAY = [sys.executable, "-m", "relay"]
+
+
+class Clock:
+    """A clock the test sets; starts at the real time."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Api:
+    """A running app plus the helpers tests use to drive it the way a client would."""
+
+    client: TestClient
+    services: Services
+    clock: Clock
+    credential: str
+    token: str
+
+    async def call(self, name: str, **params: Any) -> dict[str, Any]:
+        """Query-string form; the admin token is added unless ``token`` is given (None drops it)."""
+        params.setdefault("token", self.token)
+        query = {key: str(value) for key, value in params.items() if value is not None}
+        response = await self.client.get(f"/api/v1/{name}", params=query)
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+    async def call_path(self, name: str, **params: Any) -> dict[str, Any]:
+        """Path form: /api/v1/<name>/k1/v1/k2/v2."""
+        from urllib.parse import quote
+
+        params.setdefault("token", self.token)
+        tail = "".join(
+            f"/{quote(key, safe='')}/{quote(str(value), safe='')}"
+            for key, value in params.items()
+            if value is not None
+        )
+        response = await self.client.get(f"/api/v1/{name}{tail}")
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+    async def gatherer(self, mac: str = "00:11:22:33:44:55", **facts: str) -> int:
+        """A gatherer as an agent's registration creates it (agents arrive with issue 3)."""
+        return await self.services.catalogue.gatherers.register(mac, **facts)
+
+    async def camera(self, gather_id: int, name: str = "一班", **extra: Any) -> int:
+        answer = await self.call(
+            "add_camera", camera_name=name, gather_id=gather_id, stream_prop=1,
+            stream_mp4="/videos/a.mp4", **extra,
+        )
+        assert answer["err_code"] == 0, answer
+        return answer["camera_id"]
+
+    def store(self, relative: str, content: bytes) -> str:
+        """Write a stored file and return its fdfs path."""
+        path = self.services.settings.files_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return self.services.storage.fdfs_of(path)
+
+
+@pytest.fixture
+async def api(tmp_path: Path, aiohttp_client) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    settings = load_settings({"data": tmp_path / "data"}, environ={})
+    services = await open_services(settings, clock)
+    account = await services.catalogue.accounts.add("admin", "correct horse", is_admin=True)
+    server = TestServer(build_app(services))
+    await server.start_server(access_log_class=AccessLogger)  # our redacting access log
+    client = await aiohttp_client(server)
+    # play_url and storage_addr must name the port the test server really listens on.
+    port = client.server.port
+    services.settings = load_settings(
+        {"data": tmp_path / "data", "listen": f"127.0.0.1:{port}"}, environ={}
+    )
+    answer = await (await client.get(f"/api/v1/access_token?unionid={account.credential}")).json()
+    yield Api(client, services, clock, account.credential, answer["token"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RelayProcess:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    data: Path
+    password: str
+    credential: str
+    banner: str
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def start_relay(data: Path, *extra: str, env: dict[str, str] | None = None) -> RelayProcess:
+    port = free_port()
+    process = subprocess.Popen(
+        [*RELAY, "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(base + "/healthz", process)
+    # A first start prints the admin password and credential before it listens.
+    os.set_blocking(process.stdout.fileno(), False)  # type: ignore[union-attr]
+    try:
+        banner = os.read(process.stdout.fileno(), 1 << 16).decode()  # type: ignore[union-attr]
+    except BlockingIOError:
+        banner = ""
+    password = re.search(r"password: (\S+)", banner)
+    credential = re.search(r"API credential:\s+(\S+)", banner)
+    return RelayProcess(
+        process, base, data,
+        password.group(1) if password else "",
+        credential.group(1) if credential else "",
+        banner,
+    )
+
+
+def stop_relay(relay: RelayProcess) -> str:
+    """Stop the process we started (by PID) and return what it logged."""
+    if relay.process.poll() is None:
+        relay.process.send_signal(signal.SIGINT)
+        try:
+            relay.process.wait(10)
+        except subprocess.TimeoutExpired:
+            relay.process.kill()
+            relay.process.wait()
+    return relay.process.stderr.read().decode() if relay.process.stderr else ""
+
+
+@pytest.fixture
+def relay_server(tmp_path: Path) -> Iterator[RelayProcess]:
+    relay = start_relay(tmp_path / "data")
+    yield relay
+    stop_relay(relay)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -1,0 +1,444 @@
+"""/admin over real HTTP: the sign-in form and its CSRF cookie, sessions, the credential page,
+rotation, sign-out and the throttling of failed sign-ins.
+
+Every visitor is its own aiohttp.ClientSession with its own cookie jar, talking to the ``api``
+fixture's server over a real socket, so cookies travel exactly as a browser would send them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDictProxy
+
+import relay.admin
+from relay.admin import FAILURE_WINDOW, LOGIN_CSRF_COOKIE, SESSION_COOKIE
+
+ADMIN_PASSWORD = "correct horse"  # the password the api fixture gives ``admin``
+CSRF_FIELD = re.compile(r"<input type=hidden name=csrf value='([^']*)'>")
+CREDENTIAL = re.compile(r"<code id=credential>([^<]*)</code>")
+SIGN_IN_FORM = "<form method=post action=/admin/login>"
+
+
+@dataclass
+class Reply:
+    status: int
+    text: str
+    headers: CIMultiDictProxy[str]
+    cookies: SimpleCookie
+
+    @property
+    def csrf(self) -> str:
+        tokens = set(CSRF_FIELD.findall(self.text))
+        assert len(tokens) == 1, self.text
+        return tokens.pop()
+
+    @property
+    def credentials(self) -> list[str]:
+        return CREDENTIAL.findall(self.text)
+
+    @property
+    def is_sign_in_form(self) -> bool:
+        return SIGN_IN_FORM in self.text and "id=sign-in" in self.text and "id=sign-out" not in self.text
+
+
+class Visitor:
+    """One browser: its own cookie jar (IP hosts allowed), no automatic redirects on POST."""
+
+    def __init__(
+        self, base: str, cookie_jar: aiohttp.abc.AbstractCookieJar | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.http = aiohttp.ClientSession(
+            base_url=base, cookie_jar=cookie_jar or aiohttp.CookieJar(unsafe=True), headers=headers
+        )
+
+    async def _reply(self, response: aiohttp.ClientResponse) -> Reply:
+        async with response:
+            return Reply(response.status, await response.text(), response.headers, response.cookies)
+
+    async def get(self, path: str = "/admin", **kwargs: Any) -> Reply:
+        return await self._reply(await self.http.get(path, allow_redirects=False, **kwargs))
+
+    async def post(self, path: str, data: dict[str, str], **kwargs: Any) -> Reply:
+        return await self._reply(
+            await self.http.post(path, data=data, allow_redirects=False, **kwargs)
+        )
+
+    async def sign_in(self, name: str, password: str) -> Reply:
+        """Load the form (which sets the CSRF cookie) and submit it the way a browser would."""
+        form = await self.get()
+        assert form.status == 200 and form.is_sign_in_form, form.text
+        return await self.post("/admin/login", {"csrf": form.csrf, "name": name, "password": password})
+
+    async def signed_in(self, name: str, password: str) -> Reply:
+        """Sign in and return the page /admin then shows."""
+        reply = await self.sign_in(name, password)
+        assert reply.status == 303, reply.text
+        page = await self.get()
+        assert page.status == 200 and not page.is_sign_in_form, page.text
+        return page
+
+    def cookie(self, name: str) -> str | None:
+        for morsel in self.http.cookie_jar:
+            if morsel.key == name:
+                return morsel.value
+        return None
+
+
+@pytest.fixture
+async def visitor(api) -> AsyncIterator[Callable[..., Visitor]]:  # type: ignore[no-untyped-def]
+    base = f"http://{api.client.server.host}:{api.client.server.port}"
+    opened: list[Visitor] = []
+
+    def open_visitor(
+        cookie_jar: aiohttp.abc.AbstractCookieJar | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Visitor:
+        opened.append(Visitor(base, cookie_jar, headers))
+        return opened[-1]
+
+    yield open_visitor
+    for each in opened:
+        await each.http.close()
+
+
+def replay(visitor: Callable[..., Visitor], session_cookie: str) -> Visitor:
+    """A fresh visitor that sends only the given session cookie, whatever the server answers."""
+    return visitor(aiohttp.DummyCookieJar(), {"Cookie": f"{SESSION_COOKIE}={session_cookie}"})
+
+
+async def api_call(api, name: str, **params: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    response = await api.client.get(f"/api/v1/{name}", params=params)
+    assert response.status == 200
+    return await response.json()
+
+
+async def current_credential(api, name: str = "admin") -> str:  # type: ignore[no-untyped-def]
+    account = await api.services.catalogue.accounts.by_name(name)
+    assert account is not None
+    return account.credential
+
+
+# The sign-in form
+
+
+async def test_sign_in_form_sets_the_login_csrf_cookie_and_security_headers(api, visitor):
+    page = await visitor().get()
+    assert page.status == 200
+    assert page.is_sign_in_form
+    assert "<title>登录 Sign in · 云监控</title>" in page.text
+    assert "<input type=text id=name name=name" in page.text
+    assert "<input type=password id=password name=password" in page.text
+    assert not page.credentials and api.credential not in page.text
+
+    cookie = page.cookies[LOGIN_CSRF_COOKIE]
+    assert cookie.value == page.csrf  # double submit: the form field repeats the cookie
+    assert api.services.signer.verify("login-csrf", cookie.value, 1) is not None
+    assert cookie["httponly"] is True
+    assert cookie["samesite"] == "Strict"
+    assert cookie["path"] == "/admin"
+    assert SESSION_COOKIE not in page.cookies
+
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["Cache-Control"] == "no-store"
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    csp = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "form-action 'self'" in csp
+    assert page.headers["Content-Type"].startswith("text/html")
+
+
+async def test_each_form_gets_a_fresh_csrf_token(visitor):
+    first, second = await visitor().get(), await visitor().get()
+    assert first.csrf != second.csrf
+
+
+async def test_wrong_password_is_401_without_a_session(api, visitor):
+    browser = visitor()
+    for name, password in (("admin", "wrong horse"), ("nobody", ADMIN_PASSWORD), ("admin", "")):
+        reply = await browser.sign_in(name, password)
+        assert reply.status == 401, (name, password)
+        assert reply.is_sign_in_form
+        assert '<p class=error id=error>' in reply.text and "Wrong account or password" in reply.text
+        assert SESSION_COOKIE not in reply.cookies
+        assert browser.cookie(SESSION_COOKIE) is None
+        assert not reply.credentials and api.credential not in reply.text
+        assert reply.headers["Cache-Control"] == "no-store"
+    assert (await browser.get()).is_sign_in_form
+
+
+async def test_sign_in_without_the_right_csrf_token_is_403_without_a_session(api, visitor):
+    browser = visitor()
+    form = await browser.get()
+    good = form.csrf
+    forged = api.services.signer.sign("admin-csrf", "x" * 32)  # signed, but for another purpose
+    for data in (
+        {"name": "admin", "password": ADMIN_PASSWORD},  # no field at all
+        {"csrf": "", "name": "admin", "password": ADMIN_PASSWORD},
+        {"csrf": "garbage", "name": "admin", "password": ADMIN_PASSWORD},
+        {"csrf": good + "x", "name": "admin", "password": ADMIN_PASSWORD},
+        {"csrf": forged, "name": "admin", "password": ADMIN_PASSWORD},
+    ):
+        reply = await browser.post("/admin/login", data)
+        assert reply.status == 403, data
+        assert "The form expired" in reply.text
+        assert SESSION_COOKIE not in reply.cookies and browser.cookie(SESSION_COOKIE) is None
+
+    # The right field but no cookie (a cross-site post cannot carry it): refused too.
+    cookieless = visitor(aiohttp.DummyCookieJar())
+    reply = await cookieless.post(
+        "/admin/login", {"csrf": good, "name": "admin", "password": ADMIN_PASSWORD}
+    )
+    assert reply.status == 403 and SESSION_COOKIE not in reply.cookies
+
+    # Cookie and field agree but neither was issued by us (an attacker planting both): refused.
+    planted = "A" * 32 + ".notasignature"
+    attacker = visitor(aiohttp.DummyCookieJar())
+    reply = await attacker.post(
+        "/admin/login", {"csrf": planted, "name": "admin", "password": ADMIN_PASSWORD},
+        headers={"Cookie": f"{LOGIN_CSRF_COOKIE}={planted}"},
+    )
+    assert reply.status == 403 and SESSION_COOKIE not in reply.cookies
+
+
+# Signing in
+
+
+async def test_admin_signs_in_and_sees_exactly_their_credential(api, visitor):
+    browser = visitor()
+    reply = await browser.sign_in("admin", ADMIN_PASSWORD)
+    assert reply.status == 303
+    assert reply.headers["Location"] == "/admin"
+    session = reply.cookies[SESSION_COOKIE]
+    assert session["httponly"] is True
+    assert session["samesite"] == "Strict"
+    assert session["path"] == "/admin"
+    assert int(session["max-age"]) == api.services.settings.session_ttl
+    assert api.services.signer.verify("admin-session", session.value, 1) is not None
+    assert browser.cookie(LOGIN_CSRF_COOKIE) is None  # the login cookie was cleared
+
+    page = await browser.get()
+    assert page.status == 200
+    assert page.credentials == [api.credential]
+    assert page.credentials == [await current_credential(api)]
+    assert "Signed in as <b>admin</b> (administrator)" in page.text
+    assert f"access_token?unionid={api.credential}" in page.text  # the example uses it
+    assert "id=rotate" in page.text and "id=sign-out" in page.text
+    assert "id=no-api" not in page.text
+    assert page.headers["Cache-Control"] == "no-store"
+    assert page.headers["X-Frame-Options"] == "DENY"
+    # The session's CSRF token is not the login one, and both forms carry it.
+    assert len(CSRF_FIELD.findall(page.text)) == 2
+    assert api.services.signer.verify("admin-csrf", page.csrf, 1) is not None
+
+    # /admin/ is the same page.
+    assert (await browser.get("/admin/")).credentials == [api.credential]
+
+
+async def test_non_admin_sees_no_credential_and_cannot_rotate(api, visitor):
+    teacher = await api.services.catalogue.accounts.add("teacher", "password1", is_admin=False)
+    browser = visitor()
+    page = await browser.signed_in("teacher", "password1")
+    assert "<p id=no-api>" in page.text
+    assert "API access is for administrators" in page.text
+    assert "Signed in as <b>teacher</b>." in page.text
+    assert not page.credentials
+    assert teacher.credential not in page.text and api.credential not in page.text
+    assert "id=rotate" not in page.text and "id=sign-out" in page.text
+
+    # Even with their own valid CSRF token, a rotation is refused and changes nothing.
+    refused = await browser.post("/admin/rotate", {"csrf": page.csrf})
+    assert refused.status == 403
+    assert "API access is for administrators" in refused.text
+    assert await current_credential(api, "teacher") == teacher.credential
+    assert await current_credential(api) == api.credential
+    assert (await api.call("list_camera"))["err_code"] == 0
+
+
+# Rotating the credential
+
+
+async def test_rotation_needs_the_sessions_csrf_token(api, visitor):
+    browser = visitor()
+    page = await browser.signed_in("admin", ADMIN_PASSWORD)
+    other = visitor()
+    other_page = await other.signed_in("admin", ADMIN_PASSWORD)  # a second session, same account
+    assert other_page.csrf != page.csrf
+    login_csrf = (await visitor().get()).csrf
+
+    for data in (
+        {},
+        {"csrf": ""},
+        {"csrf": "garbage"},
+        {"csrf": page.csrf + "x"},
+        {"csrf": other_page.csrf},  # valid, but for another session
+        {"csrf": login_csrf},  # a login token is no session token
+    ):
+        reply = await browser.post("/admin/rotate", data)
+        assert reply.status == 403, data
+        assert "This form has expired" in reply.text
+        assert reply.headers["X-Frame-Options"] == "DENY"
+        assert await current_credential(api) == api.credential, data
+
+    assert (await browser.get()).credentials == [api.credential]
+    assert (await api.call("list_camera"))["err_code"] == 0
+
+    # Without a session at all, the form only leads back to sign-in.
+    anonymous = await visitor().post("/admin/rotate", {"csrf": page.csrf})
+    assert anonymous.status == 303 and anonymous.headers["Location"] == "/admin"
+    assert await current_credential(api) == api.credential
+
+
+async def test_rotation_issues_a_new_credential_and_voids_the_old_one(api, visitor):
+    browser = visitor()
+    page = await browser.signed_in("admin", ADMIN_PASSWORD)
+    old_credential, old_token = api.credential, api.token
+    assert (await api.call("list_camera", token=old_token))["err_code"] == 0
+
+    reply = await browser.post("/admin/rotate", {"csrf": page.csrf})
+    assert reply.status == 303
+    assert reply.headers["Location"] == "/admin?rotated=1"
+
+    after = await browser.get(reply.headers["Location"])
+    assert after.status == 200
+    assert "A new credential was issued" in after.text
+    [new_credential] = after.credentials
+    assert new_credential != old_credential
+    assert new_credential == await current_credential(api)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{32}", new_credential)
+    assert old_credential not in after.text
+
+    old_token_answer = await api.call("list_camera", token=old_token)
+    assert old_token_answer["err_code"] == 1007, old_token_answer
+    old_unionid = await api_call(api, "access_token", unionid=old_credential)
+    assert old_unionid["err_code"] == 1002, old_unionid
+
+    exchanged = await api_call(api, "access_token", unionid=new_credential)
+    assert exchanged["err_code"] == 0, exchanged
+    listing = await api.call("list_camera", token=exchanged["token"])
+    assert listing["err_code"] == 0, listing
+
+    # The session survives the rotation and its CSRF token still works.
+    assert (await browser.get()).credentials == [new_credential]
+
+
+# Sessions
+
+
+async def test_sign_out_ends_the_session_on_the_server(api, visitor):
+    browser = visitor()
+    page = await browser.signed_in("admin", ADMIN_PASSWORD)
+    session_cookie = browser.cookie(SESSION_COOKIE)
+    assert session_cookie
+
+    # Without the CSRF token, signing out is refused and the session lives on.
+    refused = await browser.post("/admin/logout", {"csrf": "garbage"})
+    assert refused.status == 403
+    assert (await (replay(visitor, session_cookie)).get()).credentials == [api.credential]
+
+    reply = await browser.post("/admin/logout", {"csrf": page.csrf})
+    assert reply.status == 303 and reply.headers["Location"] == "/admin"
+    deleted = reply.cookies[SESSION_COOKIE]
+    assert deleted.value == "" and deleted["path"] == "/admin"
+    assert browser.cookie(SESSION_COOKIE) is None
+    assert (await browser.get()).is_sign_in_form
+
+    # Replaying the old cookie does not bring the session back ...
+    stale = replay(visitor, session_cookie)
+    again = await stale.get()
+    assert again.status == 200 and again.is_sign_in_form
+    assert not again.credentials and api.credential not in again.text
+    # ... nor lets its forms act.
+    rotate = await stale.post("/admin/rotate", {"csrf": page.csrf})
+    assert rotate.status == 303 and rotate.headers["Location"] == "/admin"
+    assert await current_credential(api) == api.credential
+
+
+async def test_signing_out_one_session_leaves_the_others(api, visitor):
+    first, second = visitor(), visitor()
+    first_page = await first.signed_in("admin", ADMIN_PASSWORD)
+    await second.signed_in("admin", ADMIN_PASSWORD)
+    assert (await first.post("/admin/logout", {"csrf": first_page.csrf})).status == 303
+    assert (await first.get()).is_sign_in_form
+    assert (await second.get()).credentials == [api.credential]
+
+
+async def test_tampered_or_forged_session_cookies_are_ignored(api, visitor):
+    browser = visitor()
+    await browser.signed_in("admin", ADMIN_PASSWORD)
+    genuine = browser.cookie(SESSION_COOKIE)
+    assert genuine
+    token, _, signature = genuine.rpartition(".")
+    flipped = ("B" if token[0] == "A" else "A") + token[1:]
+    signer = api.services.signer
+    for cookie in (
+        f"{flipped}.{signature}",  # another session id under the old signature
+        f"{token}.{signature[:-2]}",  # a damaged signature
+        token,  # no signature
+        signer.sign("admin-session", "A" * 43),  # well signed, but no such session
+        signer.sign("admin-csrf", token),  # the session id signed for another purpose
+        signer.sign("login-csrf", token),
+        "",
+        "x" * 2000,
+    ):
+        page = await (replay(visitor, cookie)).get()
+        assert page.status == 200, cookie
+        assert page.is_sign_in_form, cookie
+        assert not page.credentials and api.credential not in page.text
+    # The genuine cookie still works, so the refusals above were about the tampering.
+    assert (await (replay(visitor, genuine)).get()).credentials == [api.credential]
+
+
+async def test_sessions_expire_on_the_server(api, visitor):
+    browser = visitor()
+    await browser.signed_in("admin", ADMIN_PASSWORD)
+    api.clock.advance(api.services.settings.session_ttl - 60)
+    assert (await browser.get()).credentials == [api.credential]
+    api.clock.advance(120)
+    assert (await browser.get()).is_sign_in_form
+
+
+# Throttling failed sign-ins
+
+
+async def test_eleventh_sign_in_after_ten_failures_is_refused_even_with_the_right_password(
+    api, visitor, monkeypatch
+):
+    browser = visitor()
+    for attempt in range(10):
+        reply = await browser.sign_in("admin", f"wrong password {attempt}")
+        assert reply.status == 401, attempt  # not yet throttled
+    blocked = await browser.sign_in("admin", ADMIN_PASSWORD)
+    assert blocked.status == 429
+    assert blocked.is_sign_in_form and "Too many failed attempts" in blocked.text
+    assert SESSION_COOKIE not in blocked.cookies and browser.cookie(SESSION_COOKIE) is None
+    # The block is per address, not per visitor: a fresh cookie jar does not lift it.
+    assert (await visitor().sign_in("admin", ADMIN_PASSWORD)).status == 429
+
+    # Once the window has passed, the right password works again.
+    real = relay.admin.time.monotonic
+    monkeypatch.setattr(
+        relay.admin, "time", SimpleNamespace(monotonic=lambda: real() + FAILURE_WINDOW + 1)
+    )
+    assert (await browser.sign_in("admin", ADMIN_PASSWORD)).status == 303
+    assert (await browser.get()).credentials == [api.credential]
+
+
+async def test_a_successful_sign_in_resets_the_failure_count(visitor):
+    browser = visitor()
+    for attempt in range(9):
+        assert (await browser.sign_in("admin", f"wrong {attempt}")).status == 401
+    assert (await browser.sign_in("admin", ADMIN_PASSWORD)).status == 303
+    # Same address, new visitor: nine more failures still leave room for the right password.
+    later = visitor()
+    for attempt in range(9):
+        assert (await later.sign_in("admin", f"wrong again {attempt}")).status == 401
+    assert (await later.sign_in("admin", ADMIN_PASSWORD)).status == 303

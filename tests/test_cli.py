@@ -1,0 +1,119 @@
+"""The ``relay`` command as a newcomer uses it: real processes, real data dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from conftest import RELAY, start_relay, stop_relay
+
+
+def relay(*args: str, env: dict[str, str] | None = None, check: bool = True):
+    result = subprocess.run(
+        [*RELAY, *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def test_first_start_prints_admin_and_credential_once(tmp_path: Path):
+    data = tmp_path / "data"
+    first = start_relay(data)
+    try:
+        assert first.password and first.credential
+        assert f"curl '{first.base_url}/api/v1/access_token?unionid={first.credential}'" in (
+            first.banner)
+        token = get_json(f"{first.base_url}/api/v1/access_token?unionid={first.credential}")
+        assert token["err_code"] == 0
+        listing = get_json(f"{first.base_url}/api/v1/list_camera/token/{token['token']}")
+        assert listing["err_code"] == 0
+    finally:
+        log = stop_relay(first)
+    assert first.credential not in log and first.password not in log
+    assert (data / "relay.sqlite3").exists()
+    second = start_relay(data)
+    try:
+        assert second.banner == ""  # nothing printed again: the account exists
+        token = get_json(f"{second.base_url}/api/v1/access_token?unionid={first.credential}")
+        assert token["err_code"] == 0
+    finally:
+        stop_relay(second)
+
+
+def test_user_commands(tmp_path: Path):
+    data = str(tmp_path / "data")
+    relay("user", "add", "boss", "--admin", "--data", data, env={"RELAY_PASSWORD": "long enough"})
+    relay("user", "add", "teacher", env={"RELAY_PASSWORD": "long enough", "RELAY_DATA": data})
+    credential = relay("user", "credential", "boss", "--data", data).stdout.strip()
+    assert len(credential) == 32
+    listing = relay("user", "list", "--data", data).stdout
+    assert "boss\tadmin" in listing and "teacher\tuser" in listing
+
+    server = start_relay(Path(data))
+    try:
+        assert server.banner == ""  # accounts exist: no first-start admin
+        base = server.base_url
+        token = get_json(f"{base}/api/v1/access_token?unionid={credential}")["token"]
+        assert get_json(f"{base}/api/v1/list_gather?token={token}")["err_code"] == 0
+        teacher = relay("user", "credential", "teacher", "--data", data).stdout.strip()
+        assert get_json(f"{base}/api/v1/access_token?unionid={teacher}")["err_code"] == 1003
+
+        rotated = relay("user", "rotate", "boss", "--data", data).stdout.strip()
+        assert rotated != credential and len(rotated) == 32
+        assert relay("user", "credential", "boss", "--data", data).stdout.strip() == rotated
+        assert get_json(f"{base}/api/v1/access_token?unionid={credential}")["err_code"] == 1002
+        assert get_json(f"{base}/api/v1/list_gather?token={token}")["err_code"] == 1007
+        fresh = get_json(f"{base}/api/v1/access_token?unionid={rotated}")["token"]
+        relay("user", "admin", "boss", "off", "--data", data)
+        assert get_json(f"{base}/api/v1/list_gather?token={fresh}")["err_code"] == 1003
+    finally:
+        stop_relay(server)
+
+
+def test_user_command_errors_are_clear(tmp_path: Path):
+    data = str(tmp_path / "data")
+    short = relay("user", "add", "x", "--data", data, env={"RELAY_PASSWORD": "short"},
+                  check=False)
+    assert short.returncode == 1 and "at least 8" in short.stderr
+    no_password = relay("user", "add", "x", "--data", data, check=False,
+                        env={"RELAY_PASSWORD": ""} if False else None)
+    assert no_password.returncode == 1 and "RELAY_PASSWORD" in no_password.stderr
+    missing = relay("user", "credential", "ghost", "--data", data, check=False)
+    assert missing.returncode == 1 and "ghost" in missing.stderr
+    relay("user", "add", "dup", "--data", data, env={"RELAY_PASSWORD": "long enough"})
+    again = relay("user", "add", "dup", "--data", data, env={"RELAY_PASSWORD": "long enough"},
+                  check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad_name = relay("user", "add", "a b", "--data", data, env={"RELAY_PASSWORD": "long enough"},
+                     check=False)
+    assert bad_name.returncode == 1 and "Traceback" not in bad_name.stderr
+
+
+def test_settings_from_toml_env_and_flags(tmp_path: Path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "relay.toml").write_text('token_ttl = 60\npublic_url = "http://cam.example:9"\n')
+    server = start_relay(data, env={"RELAY_STORAGE_ADDR": "http://files.example"})
+    try:
+        token = get_json(f"{server.base_url}/api/v1/access_token?unionid={server.credential}")
+        assert token["expires"] == 60
+        assert "http://cam.example:9/admin" in server.banner
+        listing = get_json(f"{server.base_url}/api/v1/list_camera?token={token['token']}")
+        assert listing["storage_addr"] == "http://files.example"
+    finally:
+        stop_relay(server)
+    bad = relay("serve", "--data", str(data), "--listen", "nowhere", check=False)
+    assert bad.returncode == 1 and "listen" in bad.stderr and "Traceback" not in bad.stderr
+    (data / "relay.toml").write_text("colour = 'red'\n")
+    unknown = relay("serve", "--data", str(data), check=False)
+    assert unknown.returncode == 1 and "colour" in unknown.stderr
