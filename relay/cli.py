@@ -9,8 +9,10 @@ import getpass
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+from .agent.config import AgentConfigError
 from .catalogue import AlreadyExists, Catalogue, CatalogueUnavailable, NotFound
 from .config import ConfigError, Settings, load_settings
 from .logs import setup_logging
@@ -32,11 +34,32 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the API, /admin, player pages and files")
-    _common(serve)
-    for field in dataclasses.fields(Settings):
-        if field.name != "data":
-            serve.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
-                               help=f"(RELAY_{field.name.upper()})")
+    demo = commands.add_parser("demo", help="serve, plus a demo agent with a demo camera")
+    for server in (serve, demo):
+        _common(server)
+        for field in dataclasses.fields(Settings):
+            if field.name != "data":
+                server.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
+                                    help=f"(RELAY_{field.name.upper()})")
+
+    agent = commands.add_parser("agent", help="run the reference gatherer agent")
+    agent.add_argument("--server", required=True, help="the relay's URL, e.g. http://relay:8080")
+    agent.add_argument("--key", help="agent key (or RELAY_AGENT_KEY, which keeps it out of ps)")
+    agent.add_argument("--config", help="agent TOML file: its name, MAC and IP cameras")
+    agent.add_argument("--data", help="where the agent keeps its state (RELAY_DATA; default "
+                                      "./agent-data)")
+    agent.add_argument("--demo-video", help="make a demo MP4 at this path on first start")
+    agent.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "info"))
+
+    keys = commands.add_parser("agent-key", help="manage the keys agents log in with")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_add = key_actions.add_parser("add", help="create a key and print it (shown once)")
+    key_add.add_argument("name")
+    key_revoke = key_actions.add_parser("revoke", help="refuse this key from now on")
+    key_revoke.add_argument("name")
+    key_list = key_actions.add_parser("list", help="list keys (names only)")
+    for sub in (key_add, key_revoke, key_list):
+        _common(sub)
 
     user = commands.add_parser("user", help="manage accounts")
     actions = user.add_subparsers(dest="action", required=True)
@@ -58,6 +81,33 @@ def _parser() -> argparse.ArgumentParser:
                                                            "list"))):
         _common(sub)
     return parser
+
+
+async def _agent_keys(args: argparse.Namespace, settings: Settings) -> None:
+    catalogue = await Catalogue.open(settings.db_url)
+    try:
+        if args.action == "add":
+            print(await catalogue.agent_keys.add(args.name))
+        elif args.action == "revoke":
+            await catalogue.agent_keys.revoke(args.name)
+            print(f"revoked agent key {args.name}", file=sys.stderr)
+        else:
+            for key in await catalogue.agent_keys.list():
+                print(f"{key.name}\t{'revoked' if key.revoked else 'active'}")
+    finally:
+        await catalogue.close()
+
+
+def _agent(args: argparse.Namespace) -> None:
+    from .agent.main import run_agent
+
+    key = args.key or os.environ.get("RELAY_AGENT_KEY", "")
+    if not key:
+        raise CommandError("no agent key: pass --key or set RELAY_AGENT_KEY")
+    data = Path(args.data or os.environ.get("RELAY_DATA") or "agent-data")
+    config = Path(args.config) if args.config else None
+    demo_video = Path(args.demo_video) if args.demo_video else None
+    _run(lambda: run_agent(args.server, key, data, config, demo_video))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -113,16 +163,22 @@ def _run(work: Callable[[], Awaitable[Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "agent":
+            setup_logging(args.log_level)
+            _agent(args)
+            return 0
         settings = _settings(args)
-        setup_logging(settings.log_level if args.command == "serve" else "warning")
-        if args.command == "serve":
+        setup_logging(settings.log_level if args.command in ("serve", "demo") else "warning")
+        if args.command in ("serve", "demo"):
             from .server import serve
 
-            serve(settings)
+            serve(settings, demo=args.command == "demo")
         elif args.command == "user":
             _run(lambda: _user(args, settings))
+        elif args.command == "agent-key":
+            _run(lambda: _agent_keys(args, settings))
     except (ConfigError, CatalogueUnavailable, CommandError, NotFound, AlreadyExists,
-            ValueError) as exc:
+            AgentConfigError, ValueError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -29,6 +29,8 @@ class Settings:
     timezone: str = ""
     token_ttl: int = 7200
     command_timeout: float = 10.0
+    agent_heartbeat: float = 20.0
+    agent_key_recheck: float = 30.0
     play_ticket_ttl: int = 600
     session_ttl: int = 12 * 3600
     log_level: str = "info"

@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Any, Protocol
 
+from .metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 OFFLINE = 10002
@@ -40,22 +42,28 @@ class AgentLink(Protocol):
 
 
 class Hub:
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, metrics: Metrics | None = None) -> None:
         self.timeout = timeout
+        self._metrics = metrics or Metrics()
         self._links: dict[int, AgentLink] = {}
 
     def attach(self, gather_id: int, link: AgentLink) -> AgentLink | None:
         """Make ``link`` the gatherer's live link; returns the one it replaces, if any."""
         previous = self._links.get(gather_id)
         self._links[gather_id] = link
+        self._metrics.agents_connected.set(len(self._links))
         return previous
 
     def detach(self, gather_id: int, link: AgentLink) -> bool:
         """Forget ``link`` unless a newer link has replaced it; True when it was the live one."""
         if self._links.get(gather_id) is link:
             del self._links[gather_id]
+            self._metrics.agents_connected.set(len(self._links))
             return True
         return False
+
+    def links(self) -> list[AgentLink]:
+        return list(self._links.values())
 
     def online(self, gather_id: int) -> bool:
         return gather_id in self._links
@@ -74,8 +82,10 @@ class Hub:
         except ConnectionError as exc:
             log.warning("gatherer %d: link lost during %s: %s", gather_id, action, exc)
             return transmit(FAILED)
+        elapsed = time.monotonic() - started
+        self._metrics.command_seconds.labels(action).observe(elapsed)
         log.info("gatherer %d: %s answered %s in %.3f s", gather_id, action,
-                 answer.get("err_code"), time.monotonic() - started)
+                 answer.get("err_code"), elapsed)
         return answer
 
     async def send_each(self, commands: list[tuple[int, str, dict[str, Any]]]) -> dict[str, Any]:

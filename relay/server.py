@@ -15,7 +15,9 @@ from . import admin, api, ops, player
 from .catalogue import Catalogue
 from .config import Settings
 from .hub import Hub
+from .link import endpoint as link_endpoint
 from .logs import AccessLogger, redact
+from .metrics import Metrics
 from .present import Presenter
 from .services import SERVICES, Services
 from .signing import Signer
@@ -49,13 +51,15 @@ async def json_errors(
 
 async def open_services(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
     catalogue = await Catalogue.open(settings.db_url, clock)
+    metrics = Metrics()
     return Services(
         settings=settings,
         catalogue=catalogue,
-        hub=Hub(settings.command_timeout),
+        hub=Hub(settings.command_timeout, metrics),
         storage=Storage(settings.files_dir),
         signer=Signer(await catalogue.signing_key()),
         presenter=Presenter(settings.timezone),
+        metrics=metrics,
         clock=clock,
     )
 
@@ -68,6 +72,8 @@ def build_app(services: Services) -> web.Application:
     player.add_routes(app)
     services.storage.add_routes(app)
     ops.add_routes(app)
+    link_endpoint.add_routes(app)
+    app.router.add_get("/metrics", services.metrics.handle)
 
     async def close_catalogue(_app: web.Application) -> None:
         await services.catalogue.close()
@@ -95,13 +101,21 @@ async def create_first_admin(services: Services) -> None:
     )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, demo: bool = False) -> None:
+    """Run until SIGINT/SIGTERM; with ``demo``, also a demo agent and camera (see relay.demo)."""
+
     async def app_factory() -> web.Application:
         services = await open_services(settings)
+        await services.catalogue.gatherers.all_offline()
         await create_first_admin(services)
         log.info("relay listening on %s (public URL %s, data in %s)", settings.listen,
                  settings.base_url, settings.data.resolve())
-        return build_app(services)
+        app = build_app(services)
+        if demo:
+            from .demo import attach_demo_agent
+
+            attach_demo_agent(app)
+        return app
 
     web.run_app(
         app_factory(),

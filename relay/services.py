@@ -10,6 +10,7 @@ from aiohttp import web
 from .catalogue import Catalogue
 from .config import Settings
 from .hub import Hub
+from .metrics import Metrics
 from .present import Presenter
 from .signing import Signer
 from .storage import Storage
@@ -23,6 +24,7 @@ class Services:
     storage: Storage
     signer: Signer
     presenter: Presenter
+    metrics: Metrics
     clock: Callable[[], float]
 
 

@@ -145,8 +145,9 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 2
     raise TimeoutError(url)
 
 
-def start_relay(data: Path, *extra: str, env: dict[str, str] | None = None) -> RelayProcess:
-    port = free_port()
+def start_relay(data: Path, *extra: str, env: dict[str, str] | None = None,
+                port: int | None = None) -> RelayProcess:
+    port = port or free_port()
     process = subprocess.Popen(
         [*RELAY, "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}", *extra],
         stdout=subprocess.PIPE,
@@ -194,3 +195,67 @@ def relay_server(tmp_path: Path) -> Iterator[RelayProcess]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+def run_relay(*args: str, env: dict[str, str] | None = None, check: bool = True
+              ) -> subprocess.CompletedProcess[str]:
+    """Run one ``relay`` subcommand to completion."""
+    result = subprocess.run(
+        [*RELAY, *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@dataclass
+class AgentProcess:
+    process: subprocess.Popen[bytes]
+    data: Path
+    log_path: Path
+
+    def state(self) -> dict[str, Any]:
+        """The desired state the agent holds (its state file)."""
+        import json
+
+        return json.loads((self.data / "state.json").read_text())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_agent(server: str, key: str, data: Path, *extra: str) -> AgentProcess:
+    data.mkdir(parents=True, exist_ok=True)
+    log_path = data.parent / f"{data.name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [*RELAY, "agent", "--server", server, "--data", str(data), *extra],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            env={**os.environ, "RELAY_AGENT_KEY": key},
+        )
+    return AgentProcess(process, data, log_path)
+
+
+def stop_agent(agent: AgentProcess, kill: bool = False) -> None:
+    if agent.process.poll() is None:
+        if kill:
+            agent.process.kill()
+        else:
+            agent.process.terminate()
+        try:
+            agent.process.wait(10)
+        except subprocess.TimeoutExpired:
+            agent.process.kill()
+            agent.process.wait()
+
+
+def eventually(check, timeout: float = 15.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll ``check()`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            assert value, f"condition not met within {timeout} s"
+            return value
+        time.sleep(interval)

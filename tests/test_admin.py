@@ -7,6 +7,8 @@ fixture's server over a real socket, so cookies travel exactly as a browser woul
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -243,6 +245,25 @@ async def test_admin_signs_in_and_sees_exactly_their_credential(api, visitor):
     assert (await browser.get("/admin/")).credentials == [api.credential]
 
 
+async def test_cookies_are_secure_when_the_public_url_is_https(api, visitor):
+    browser = visitor()
+    plain = await browser.get()
+    assert not plain.cookies[LOGIN_CSRF_COOKIE]["secure"]  # plain http: a Secure cookie is lost
+    api.services.settings = dataclasses.replace(
+        api.services.settings, public_url="https://relay.example.test"
+    )
+    form = await browser.get()
+    assert form.cookies[LOGIN_CSRF_COOKIE]["secure"] is True
+    # Our client keeps Secure cookies off plain http, as a browser would: send it by hand.
+    behind_tls = visitor(aiohttp.DummyCookieJar(), {"Cookie": f"{LOGIN_CSRF_COOKIE}={form.csrf}"})
+    reply = await behind_tls.post(
+        "/admin/login", {"csrf": form.csrf, "name": "admin", "password": ADMIN_PASSWORD}
+    )
+    assert reply.status == 303
+    assert reply.cookies[SESSION_COOKIE]["secure"] is True
+    assert reply.cookies[SESSION_COOKIE]["httponly"] is True
+
+
 async def test_non_admin_sees_no_credential_and_cannot_rotate(api, visitor):
     teacher = await api.services.catalogue.accounts.add("teacher", "password1", is_admin=False)
     browser = visitor()
@@ -442,3 +463,19 @@ async def test_a_successful_sign_in_resets_the_failure_count(visitor):
     for attempt in range(9):
         assert (await later.sign_in("admin", f"wrong again {attempt}")).status == 401
     assert (await later.sign_in("admin", ADMIN_PASSWORD)).status == 303
+
+
+async def test_parallel_failed_sign_ins_cannot_exceed_the_limit(api, visitor):
+    """Forty wrong passwords sent at once: only ten may be checked, the rest are refused."""
+    form = await visitor().get()
+    # One CSRF pair, replayed by every request, as a script would.
+    attacker = visitor(aiohttp.DummyCookieJar(), {"Cookie": f"{LOGIN_CSRF_COOKIE}={form.csrf}"})
+
+    async def attempt(number: int) -> int:
+        data = {"csrf": form.csrf, "name": "admin", "password": f"guess {number}"}
+        return (await attacker.post("/admin/login", data)).status
+
+    statuses = await asyncio.gather(*(attempt(number) for number in range(40)))
+    assert statuses.count(401) == 10, sorted(statuses)
+    assert statuses.count(429) == 30, sorted(statuses)
+    assert (await visitor().sign_in("admin", ADMIN_PASSWORD)).status == 429

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import deque
 
 from aiohttp import web
 
@@ -38,24 +38,46 @@ _HEADERS = {
 
 
 class FailedSignIns:
-    """Counts failed sign-ins per client address over a sliding window."""
+    """Counts sign-in attempts per client address over a sliding window.
+
+    Addresses with no attempt left in the window are forgotten, so memory stays bounded by the
+    addresses seen within one window. Behind a reverse proxy every client shares the proxy's
+    address: put the limit on the proxy there, or accept that it is shared.
+    """
 
     def __init__(self, limit: int = MAX_FAILURES, window: float = FAILURE_WINDOW) -> None:
         self.limit = limit
         self.window = window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._failures: dict[str, deque[float]] = {}
 
     def _recent(self, address: str) -> deque[float]:
-        failures = self._failures[address]
-        while failures and failures[0] < time.monotonic() - self.window:
+        horizon = time.monotonic() - self.window
+        failures = self._failures.get(address, deque())
+        while failures and failures[0] < horizon:
             failures.popleft()
+        if len(self._failures) > 10_000:
+            self._failures = {key: value for key, value in self._failures.items()
+                              if value and value[-1] >= horizon}
         return failures
 
     def blocked(self, address: str) -> bool:
         return len(self._recent(address)) >= self.limit
 
     def failed(self, address: str) -> None:
-        self._recent(address).append(time.monotonic())
+        failures = self._recent(address)
+        failures.append(time.monotonic())
+        self._failures[address] = failures
+
+    def attempt(self, address: str) -> bool:
+        """Count an attempt before its password is checked; False (uncounted) when over the limit.
+
+        Counting first, with no ``await`` between the check and the count, keeps parallel attempts
+        from all slipping under the limit while their passwords are being checked.
+        """
+        if self.blocked(address):
+            return False
+        self.failed(address)
+        return True
 
     def succeeded(self, address: str) -> None:
         self._failures.pop(address, None)
@@ -132,13 +154,17 @@ async def admin_home(request: web.Request) -> web.Response:
     ))
 
 
+def _too_many_failures(request: web.Request, address: str) -> web.Response:
+    log.warning("admin: sign-in from %s refused: too many failures", address)
+    return _login_form(request, "尝试次数过多 · Too many failed attempts; try again later.", 429)
+
+
 async def sign_in(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     failures = request.app[FAILED_SIGN_INS]
     address = request.remote or "?"
     if failures.blocked(address):
-        log.warning("admin: sign-in from %s refused: too many failures", address)
-        return _login_form(request, "尝试次数过多 · Too many failed attempts; try again later.", 429)
+        return _too_many_failures(request, address)
     form = await request.post()
     csrf = str(form.get("csrf", ""))
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
@@ -146,9 +172,10 @@ async def sign_in(request: web.Request) -> web.Response:
             services.signer.verify("login-csrf", csrf, 1) is None:
         return _login_form(request, "表单已过期 · The form expired; please sign in again.", 403)
     name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:1024]
+    if not failures.attempt(address):  # counted as a failure until the password proves right
+        return _too_many_failures(request, address)
     account = await services.catalogue.accounts.check_password(name, password)
     if account is None:
-        failures.failed(address)
         log.info("admin: failed sign-in for %r from %s", name, address)
         return _login_form(request, "帐号或密码错误 · Wrong account or password.", 401)
     failures.succeeded(address)

@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from ..catalogue import NotFound
+from ..link import protocol
 from ..present import page_fields
 from .errors import ApiError, Code
 from .params import Params
@@ -17,18 +18,6 @@ from .registry import Call, endpoint
 _HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 _STREAM_SCHEMES = ("rtsp://", "rtmp://")
 _SOURCE_OF_MODE = {0: "device_ip", 1: "stream_mp4", 2: "stream_url"}
-
-AGENT_FIELDS = (
-    "camera_id", "camera_name", "stream_prop", "stream_url", "stream_mp4", "device_ip",
-    "device_user", "device_pass", "device_cmd_port", "device_mirror", "device_osd",
-    "device_twice", "device_show", "started",
-)  # fmt: skip
-
-
-def agent_camera(row: dict[str, Any]) -> dict[str, Any]:
-    """The part of a camera row its agent acts on (its desired state)."""
-    return {key: row[key] for key in AGENT_FIELDS}
-
 
 @endpoint("list_camera", "cur", "per")
 async def list_camera(call: Call) -> dict[str, Any]:
@@ -91,7 +80,7 @@ async def add_camera(call: Call) -> dict[str, Any]:
         row = await call.services.catalogue.cameras.add(gather_id, fields)
     except NotFound as exc:
         raise ApiError(Code.NO_ID, "gather_id") from exc
-    transmit = await call.services.hub.send(gather_id, "camera.add", agent_camera(row))
+    transmit = await call.services.hub.send(gather_id, protocol.CAMERA_ADD, protocol.camera_state(row))
     return {"camera_id": row["camera_id"], "transmit": transmit}
 
 
@@ -121,7 +110,7 @@ async def mod_camera(call: Call) -> dict[str, Any]:
         row = await call.services.catalogue.cameras.update(camera_id, changes, _require_source)
     except NotFound as exc:
         raise ApiError(Code.NO_ID, "camera_id") from exc
-    transmit = await call.services.hub.send(row["gather_id"], "camera.mod", agent_camera(row))
+    transmit = await call.services.hub.send(row["gather_id"], protocol.CAMERA_MOD, protocol.camera_state(row))
     return {"transmit": transmit}
 
 
@@ -137,7 +126,7 @@ async def del_camera(call: Call) -> dict[str, Any]:
     for row in deleted.cameras:
         by_gatherer[row["gather_id"]].append(row["camera_id"])
     transmit = await call.services.hub.send_each(
-        [(gid, "camera.del", {"camera_ids": ids}) for gid, ids in sorted(by_gatherer.items())]
+        [(gid, protocol.CAMERA_DEL, {"camera_ids": ids}) for gid, ids in sorted(by_gatherer.items())]
     )
     return {"transmit": transmit}
 
@@ -162,7 +151,7 @@ async def _set_started(call: Call, started: int) -> dict[str, Any]:
         row = await call.services.catalogue.cameras.update(camera_id, {"started": started})
     except NotFound as exc:
         raise ApiError(Code.NO_ID, "camera_id") from exc
-    action = "camera.start" if started else "camera.stop"
+    action = protocol.CAMERA_START if started else protocol.CAMERA_STOP
     transmit = await call.services.hub.send(row["gather_id"], action, {"camera_id": camera_id})
     return {"transmit": transmit}
 

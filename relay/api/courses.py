@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from ..catalogue import CourseOverlap, NotFound
+from ..link import protocol
 from ..present import clock_time, page_fields
 from .errors import ApiError, Code
 from .params import Params
@@ -71,14 +72,7 @@ async def _notify(call: Call, camera_ids: list[tuple[int, int]]) -> dict[str, An
     commands = []
     for gather_id, camera_id in camera_ids:
         schedule = await catalogue.courses.of_camera(camera_id)
-        commands.append((gather_id, "courses.set", {
-            "camera_id": camera_id,
-            "courses": [
-                {key: row[key] for key in
-                 ("course_id", "week_id", "start_sec", "elapse_sec", "repeat_id")}
-                for row in schedule
-            ],
-        }))
+        commands.append((gather_id, protocol.COURSES_SET, protocol.course_list(camera_id, schedule)))
     return await call.services.hub.send_each(commands)
 
 

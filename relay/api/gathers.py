@@ -6,6 +6,7 @@ from typing import Any
 
 from ..catalogue import NotFound
 from ..catalogue.gatherers import SETTINGS
+from ..link import protocol
 from ..present import page_fields
 from .errors import ApiError, Code
 from .params import Params
@@ -21,11 +22,6 @@ RANGES = {
     "inter_val": (0, 3),
     "snap_val": (1, 1440),
 }
-
-
-def agent_settings(row: dict[str, Any]) -> dict[str, Any]:
-    """The part of a gatherer row its agent acts on."""
-    return {"gather_id": row["gather_id"], **{key: row[key] for key in SETTINGS}}
 
 
 @endpoint("list_gather", "cur", "per")
@@ -56,5 +52,6 @@ async def mod_gather(call: Call) -> dict[str, Any]:
         row = await call.services.catalogue.gatherers.update(gather_id, changes)
     except NotFound as exc:
         raise ApiError(Code.NO_ID, "gather_id") from exc
-    transmit = await call.services.hub.send(gather_id, "gather.mod", agent_settings(row))
+    transmit = await call.services.hub.send(gather_id, protocol.GATHER_MOD,
+                                            protocol.gather_settings(row))
     return {"transmit": transmit}

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from .accounts import Account, Accounts
+from .agent_keys import AgentKey, AgentKeys
 from .cameras import Cameras, DeletedCameras
 from .courses import Courses
 from .database import CatalogueUnavailable, Database
@@ -22,6 +23,7 @@ from .records import Records
 
 __all__ = [
     "Account",
+    "AgentKey",
     "AlreadyExists",
     "Catalogue",
     "CatalogueError",
@@ -37,6 +39,7 @@ class Catalogue:
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.accounts = Accounts(db, clock)
+        self.agent_keys = AgentKeys(db, clock)
         self.gatherers = Gatherers(db, clock)
         self.cameras = Cameras(db, clock)
         self.courses = Courses(db, clock)

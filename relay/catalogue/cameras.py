@@ -117,12 +117,17 @@ class Cameras:
             row = (await conn.execute(_listing().where(cameras.c.camera_id == camera_id))).one()
         return dict(row._mapping)
 
-    async def set_status(self, camera_id: int, status: int) -> None:
-        """The agent's report: -1 reset, 0 offline, 1 online."""
+    async def set_status(self, gather_id: int, camera_id: int, status: int) -> bool:
+        """The agent's report: -1 reset, 0 offline, 1 online. Only for its own gatherer's cameras;
+        returns False when ``camera_id`` is not one of them."""
         async with self._db.write() as conn:
-            await conn.execute(
-                update(cameras).where(cameras.c.camera_id == camera_id).values(status=status)
+            result = await conn.execute(
+                update(cameras)
+                .where(cameras.c.camera_id == camera_id)
+                .where(cameras.c.gather_id == gather_id)
+                .values(status=status)
             )
+        return result.rowcount > 0
 
     async def count_click(self, camera_id: int) -> None:
         async with self._db.write() as conn:

@@ -67,6 +67,16 @@ sessions = Table(
     Column("created", BigInteger, nullable=False),
 )
 
+agent_keys = Table(
+    "agent_keys",
+    metadata,
+    Column("key_id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("revoked", BigInteger, nullable=False, default=0),
+    Column("created", BigInteger, nullable=False),
+)
+
 gatherers = Table(
     "gatherers",
     metadata,

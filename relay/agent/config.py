@@ -1,0 +1,97 @@
+"""The agent's own settings: how it names itself, and the IP cameras (mode 0) it knows.
+
+Read from a TOML file (``--config``)::
+
+    mac_addr = "02:00:00:00:00:01"        # default: this machine's MAC
+    name_pc = "classroom-7"               # default: the host name
+
+    [vendors]                             # RTSP URL templates by vendor; Hikvision is built in
+    dahua = "rtsp://{user}:{password}@{ip}:{rtsp_port}/cam/realmonitor?channel=1&subtype=0"
+
+    [[devices]]
+    camera_name = "Front gate"
+    device_ip = "192.168.1.65"
+    device_user = "admin"
+    device_pass = "YWRtaW4xMjM="          # base64, as the API carries it
+    vendor = "hikvision"                  # default
+    rtsp_port = 554                       # default
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import tomllib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VENDORS = {
+    "hikvision": "rtsp://{user}:{password}@{ip}:{rtsp_port}/Streaming/Channels/101",
+}
+
+
+class AgentConfigError(Exception):
+    """The agent's config file is unusable; the message says where."""
+
+
+@dataclass(frozen=True)
+class Device:
+    camera_name: str
+    device_ip: str
+    device_user: str = ""
+    device_pass: str = ""
+    device_cmd_port: int = 8000
+    vendor: str = "hikvision"
+    rtsp_port: int = 554
+
+    def hello(self) -> dict[str, Any]:
+        """How the hello describes it (the relay keeps vendor and port to the agent)."""
+        return {key: getattr(self, key) for key in
+                ("camera_name", "device_ip", "device_user", "device_pass", "device_cmd_port")}
+
+
+def _machine_mac() -> str:
+    node = uuid.getnode()
+    return ":".join(f"{(node >> shift) & 0xFF:02x}" for shift in range(40, -8, -8))
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    mac_addr: str = field(default_factory=_machine_mac)
+    name_pc: str = field(default_factory=socket.gethostname)
+    os_name: str = field(default_factory=lambda: f"{platform.system()} {platform.release()}")
+    devices: tuple[Device, ...] = ()
+    vendors: dict[str, str] = field(default_factory=lambda: dict(VENDORS))
+
+    def device(self, device_ip: str) -> Device | None:
+        return next((d for d in self.devices if d.device_ip == device_ip), None)
+
+
+def load_agent_config(path: Path | None) -> AgentConfig:
+    if path is None:
+        return AgentConfig()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AgentConfigError(f"agent config {path}: {exc}") from exc
+    unknown = set(raw) - {"mac_addr", "name_pc", "os_name", "vendors", "devices"}
+    if unknown:
+        raise AgentConfigError(f"agent config {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    try:
+        devices = tuple(Device(**device) for device in raw.get("devices", []))
+    except TypeError as exc:
+        raise AgentConfigError(f"agent config {path}: bad [[devices]] entry: {exc}") from exc
+    vendors = {**VENDORS, **raw.get("vendors", {})}
+    for device in devices:
+        if device.vendor not in vendors:
+            raise AgentConfigError(f"agent config {path}: no URL template for vendor {device.vendor!r}")
+    defaults = AgentConfig()
+    return AgentConfig(
+        mac_addr=raw.get("mac_addr", defaults.mac_addr),
+        name_pc=raw.get("name_pc", defaults.name_pc),
+        os_name=raw.get("os_name", defaults.os_name),
+        devices=devices,
+        vendors=vendors,
+    )

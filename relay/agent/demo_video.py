@@ -1,0 +1,48 @@
+"""The demo camera's video: an H.264 MP4 the agent makes itself with PyAV (no media in the repo)."""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+log = logging.getLogger(__name__)
+
+
+def _luma(width: int, height: int, t: int) -> bytes:
+    """A diagonal ramp that drifts, with a bright bar sweeping across: every frame differs."""
+    ramp = bytes((i // 2) % 220 + 16 for i in range(2 * (width + height) + 512))
+    rows = [ramp[(y + 3 * t) % 256:(y + 3 * t) % 256 + width] for y in range(height)]
+    bar = (t * 8) % width
+    return b"".join(row[:bar] + b"\xeb" * min(16, width - bar) + row[bar + 16:] for row in rows)
+
+
+def make_demo_video(path: Path, width: int = 640, height: int = 360, fps: int = 25,
+                    seconds: int = 10) -> Path:
+    """Write a constrained-baseline H.264 MP4 (keyframe every 2 s) to ``path`` unless it exists."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.mp4")
+    with av.open(str(partial), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = 1_000_000
+        stream.options = {"profile": "baseline", "g": str(2 * fps), "bf": "0",
+                          "preset": "veryfast", "tune": "zerolatency"}
+        stream.codec_context.time_base = Fraction(1, fps)
+        chroma = bytes([128]) * ((width // 2) * (height // 2))
+        for t in range(fps * seconds):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            frame.planes[0].update(_luma(width, height, t))
+            frame.planes[1].update(chroma)
+            frame.planes[2].update(chroma)
+            frame.pts = t
+            frame.time_base = Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    partial.rename(path)
+    log.info("made the demo video %s (%dx%d, %d s)", path, width, height, seconds)
+    return path

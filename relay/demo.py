@@ -1,0 +1,101 @@
+"""``relay demo``: the whole system on one machine, for a first look.
+
+Runs ``relay serve`` in this process and a real ``relay agent`` as a child process, with an agent
+key kept in ``DATA/demo/agent.key`` and a demo camera (mode 1) playing the MP4 the agent generates
+on its first start. Stopping the demo (Ctrl-C) stops the agent too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .catalogue import NotFound
+from .config import Settings
+from .link import protocol
+from .services import SERVICES, Services
+
+log = logging.getLogger(__name__)
+
+DEMO_CAMERA = "演示通道 Demo camera"
+
+
+def demo_paths(settings: Settings) -> tuple[Path, Path, Path]:
+    """The demo's key file, the agent's data dir and the demo video."""
+    root = settings.data / "demo"
+    return root / "agent.key", root / "agent", root / "agent" / "demo.mp4"
+
+
+async def demo_key(services: Services, key_file: Path) -> str:
+    """The demo agent's key, made (and kept, readable only by us) on the first run."""
+    if key_file.exists():
+        return key_file.read_text().strip()
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = await services.catalogue.agent_keys.add(f"demo-{os.urandom(3).hex()}")
+    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(key + "\n")
+    return key
+
+
+async def ensure_demo_camera(services: Services, video: Path) -> None:
+    """Once the demo agent has registered, give its gatherer the demo camera if it has none."""
+    while True:
+        gatherers = (await services.catalogue.gatherers.page(1, 100)).rows
+        online = [row for row in gatherers if services.hub.online(row["gather_id"])]
+        if online:
+            break
+        await asyncio.sleep(0.2)
+    gather_id = online[0]["gather_id"]
+    if await services.catalogue.cameras.of_gatherer(gather_id):
+        return
+    try:
+        row = await services.catalogue.cameras.add(
+            gather_id, {"camera_name": DEMO_CAMERA, "stream_prop": 1, "stream_mp4": str(video)}
+        )
+    except NotFound:
+        return
+    transmit = await services.hub.send(gather_id, protocol.CAMERA_ADD, protocol.camera_state(row))
+    log.info("demo camera %d added to gatherer %d: %s", row["camera_id"], gather_id,
+             transmit.get("err_msg"))
+
+
+def attach_demo_agent(app: web.Application) -> None:
+    """Start the demo agent with the app and stop it (by its PID) with the app."""
+    state: dict[str, object] = {}
+
+    async def start(app: web.Application) -> None:
+        services = app[SERVICES]
+        key_file, agent_data, video = demo_paths(services.settings)
+        key = await demo_key(services, key_file)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "agent", "--server", services.settings.base_url,
+            "--data", str(agent_data), "--demo-video", str(video),
+            env={**os.environ, "RELAY_AGENT_KEY": key},
+        )
+        state["process"] = process
+        state["camera"] = asyncio.create_task(ensure_demo_camera(services, video))
+        log.info("demo agent started (pid %d)", process.pid)
+
+    async def stop(app: web.Application) -> None:
+        task = state.get("camera")
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+        process = state.get("process")
+        if isinstance(process, asyncio.subprocess.Process) and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    await process.wait()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)

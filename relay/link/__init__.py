@@ -1,0 +1,1 @@
+"""The agent link: gatherer agents dial in over WebSocket at ``/agent`` and stay connected."""

@@ -1,0 +1,166 @@
+"""``/agent``: where gatherer agents dial in, prove their key, say hello and stay connected.
+
+An unknown or revoked key is refused before the WebSocket upgrade (401) and logged without the
+key. After the upgrade the first message must be a valid hello within ``HELLO_TIMEOUT``; the agent
+is then registered (gatherer online, its cameras at -1 until reported), becomes the gatherer's live
+link in the hub (closing an older link for the same MAC) and receives its full desired state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ..services import SERVICES, Services
+from . import protocol
+from .session import AgentSession, Refused
+
+log = logging.getLogger(__name__)
+
+_MAC = re.compile(r"[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}")
+_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def _text(message: dict[str, Any], key: str, limit: int) -> str:
+    value = message.get(key, "")
+    if not isinstance(value, str) or len(value) > limit or any(ord(ch) < 32 for ch in value):
+        raise Refused(f"hello: bad {key}")
+    return value
+
+
+def _device(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise Refused("hello: a device is not an object")
+    device = {
+        "camera_name": _text(raw, "camera_name", 128) or str(raw.get("device_ip", ""))[:128],
+        "device_ip": _text(raw, "device_ip", 255),
+        "device_user": _text(raw, "device_user", 128),
+        "device_pass": _text(raw, "device_pass", 255),
+    }
+    if not _HOST.fullmatch(device["device_ip"]):
+        raise Refused("hello: bad device_ip")
+    try:
+        base64.b64decode(device["device_pass"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Refused("hello: device_pass is not base64") from exc
+    port = raw.get("device_cmd_port", 8000)
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise Refused("hello: bad device_cmd_port")
+    device["device_cmd_port"] = port
+    return device
+
+
+def parse_hello(text: str) -> dict[str, Any]:
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        raise Refused("garbage before hello") from exc
+    if not isinstance(message, dict) or message.get("type") != "hello":
+        raise Refused("spoke before saying hello")
+    if message.get("protocol") != protocol.PROTOCOL:
+        raise Refused(f"unsupported protocol {str(message.get('protocol'))[:16]}")
+    mac = _text(message, "mac_addr", 64)
+    if not _MAC.fullmatch(mac):
+        raise Refused("hello: bad mac_addr")
+    devices = message.get("devices", [])
+    if not isinstance(devices, list) or len(devices) > protocol.MAX_DEVICES:
+        raise Refused("hello: bad devices")
+    return {
+        "mac_addr": mac.lower().replace("-", ":"),
+        "ip_addr": _text(message, "ip_addr", 64),
+        "name_pc": _text(message, "name_pc", 128),
+        "os_name": _text(message, "os_name", 128),
+        "version": _text(message, "version", 32),
+        "devices": [_device(device) for device in devices],
+    }
+
+
+async def _read_hello(ws: web.WebSocketResponse) -> dict[str, Any]:
+    try:
+        # One deadline for the whole wait: receive(timeout=) restarts it on every pong.
+        message = await asyncio.wait_for(ws.receive(), protocol.HELLO_TIMEOUT)
+    except TimeoutError as exc:
+        raise Refused("no hello in time") from exc
+    if message.type != WSMsgType.TEXT:
+        raise Refused(f"expected hello, got {message.type.name}")
+    return parse_hello(message.data)
+
+
+async def agent_endpoint(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    peer = request.remote or "?"
+    key = _bearer(request)
+    record = await services.catalogue.agent_keys.check(key) if key else None
+    if record is None:
+        log.warning("refused agent from %s: %s", peer, "unknown or revoked key" if key else "no key")
+        return web.json_response({"error": "unknown or revoked agent key"}, status=401)
+    ws = web.WebSocketResponse(heartbeat=services.settings.agent_heartbeat,
+                               max_msg_size=protocol.MAX_MESSAGE)
+    await ws.prepare(request)
+    try:
+        hello = await _read_hello(ws)
+    except Refused as refusal:
+        log.warning("closed agent link from %s (key %r): %s", peer, record.name, refusal)
+        await ws.close(code=4001, message=str(refusal).encode())
+        return ws
+    gather_id = await services.catalogue.gatherers.register(
+        hello["mac_addr"], hello["ip_addr"], hello["name_pc"], hello["os_name"], hello["devices"]
+    )
+    session = AgentSession(ws, gather_id, peer)
+    previous = services.hub.attach(gather_id, session)
+    if previous is not None:
+        log.warning("gatherer %d (%s): a newer connection from %s replaces the one from %s",
+                    gather_id, hello["mac_addr"], peer, getattr(previous, "peer", "?"))
+        await previous.close("replaced by a newer connection for the same gatherer")  # type: ignore[attr-defined]
+    log.info("agent %s (key %r, version %s) connected from %s as gatherer %d", hello["name_pc"],
+             record.name, hello["version"], peer, gather_id)
+    try:
+        state = await services.catalogue.gatherers.desired_state(gather_id)
+        await session.welcome(protocol.desired_state(state))
+        await session.run(
+            lambda camera_id, status, err_msg: _on_status(services, gather_id, camera_id, status,
+                                                          err_msg),
+            lambda: services.catalogue.agent_keys.is_valid(record.key_id),
+            services.settings.agent_key_recheck,
+        )
+    finally:
+        if services.hub.detach(gather_id, session):
+            await asyncio.shield(services.catalogue.gatherers.set_offline(gather_id))
+            log.info("gatherer %d is offline", gather_id)
+    return ws
+
+
+async def _on_status(services: Services, gather_id: int, camera_id: int, status: int,
+                     err_msg: str) -> None:
+    if not await services.catalogue.cameras.set_status(gather_id, camera_id, status):
+        log.warning("gatherer %d reported camera %d, which is not one of its cameras", gather_id,
+                    camera_id)
+        return
+    if status:
+        log.info("camera %d (gatherer %d) is online", camera_id, gather_id)
+    else:
+        log.info("camera %d (gatherer %d) is offline: %s", camera_id, gather_id, err_msg or "-")
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown: tell every agent we are going, so it reconnects as soon as we are back."""
+    hub = app[SERVICES].hub
+    await asyncio.gather(*(link.close("relay shutting down", code=1001)  # type: ignore[attr-defined]
+                           for link in hub.links()), return_exceptions=True)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/agent", agent_endpoint)
+    app.on_shutdown.append(close_all)

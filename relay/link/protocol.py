@@ -1,0 +1,83 @@
+"""The agent protocol: message shapes, limits and codes shared by the relay and the agent.
+
+Every message is one JSON object in a WebSocket text frame.
+
+* agent → relay, first: ``{"type": "hello", "protocol": 1, "version", "mac_addr", "ip_addr",
+  "name_pc", "os_name", "devices": [IP cameras from its config]}``; the key travels in the
+  ``Authorization: Bearer`` header, so an unknown key is refused before the upgrade.
+* relay → agent: ``{"type": "welcome", "gather_id", "state": desired state}``: the whole desired
+  state (gatherer settings, cameras, courses), which the agent adopts in place of its own.
+* relay → agent: ``{"type": "command", "id", "action", "data"}``; the agent answers
+  ``{"type": "reply", "id", "err_code", "err_msg", "data"}`` once it has applied it. Commands carry
+  whole objects, so applying one twice changes nothing.
+* agent → relay: ``{"type": "status", "camera_id", "status": 0|1, "err_msg"}`` whenever a camera's
+  source opens or fails, and for every camera after each welcome.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROTOCOL = 1
+MAX_MESSAGE = 256 * 1024
+HELLO_TIMEOUT = 10.0
+#: The agent's WebSocket ping interval (the relay's is the ``agent_heartbeat`` setting, also 20 s); a
+#: link whose pong is missing for half of it more is dropped, so a silent link goes within 30 s.
+HEARTBEAT = 20.0
+#: Messages per second an agent may send on average, and in a burst, before it is cut off.
+RATE, BURST = 200.0, 1000.0
+MAX_DEVICES = 256
+
+# Actions the relay sends.
+GATHER_MOD = "gather.mod"
+CAMERA_ADD = "camera.add"
+CAMERA_MOD = "camera.mod"
+CAMERA_DEL = "camera.del"
+CAMERA_START = "camera.start"
+CAMERA_STOP = "camera.stop"
+COURSES_SET = "courses.set"
+ACTIONS = (GATHER_MOD, CAMERA_ADD, CAMERA_MOD, CAMERA_DEL, CAMERA_START, CAMERA_STOP, COURSES_SET)
+
+# Codes an agent answers with (the relay's own transmit codes are in relay.hub).
+OK = 0
+UNKNOWN_CAMERA = 20001
+BAD_COMMAND = 20002
+
+GATHER_FIELDS = (
+    "name_set", "main_rate", "sub_rate", "auto_dvr", "auto_fds", "slice_val", "inter_val",
+    "snap_val",
+)  # fmt: skip
+CAMERA_FIELDS = (
+    "camera_id", "camera_name", "stream_prop", "stream_url", "stream_mp4", "device_ip",
+    "device_user", "device_pass", "device_cmd_port", "device_mirror", "device_osd",
+    "device_twice", "device_show", "started",
+)  # fmt: skip
+COURSE_FIELDS = ("course_id", "week_id", "start_sec", "elapse_sec", "repeat_id")
+
+
+def gather_settings(row: dict[str, Any]) -> dict[str, Any]:
+    return {"gather_id": row["gather_id"], **{key: row[key] for key in GATHER_FIELDS}}
+
+
+def camera_state(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: row[key] for key in CAMERA_FIELDS}
+
+
+def course_list(camera_id: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"camera_id": camera_id, "courses": [{k: r[k] for k in COURSE_FIELDS} for r in rows]}
+
+
+def answer(err_code: int = OK, err_msg: str = "OK", **data: Any) -> dict[str, Any]:
+    return {"err_code": err_code, "err_msg": err_msg, **data}
+
+
+def desired_state(raw: dict[str, Any]) -> dict[str, Any]:
+    """The catalogue's desired state of one gatherer, as the welcome carries it."""
+    by_camera: dict[int, list[dict[str, Any]]] = {row["camera_id"]: [] for row in raw["cameras"]}
+    for row in raw["courses"]:
+        by_camera.setdefault(row["camera_id"], []).append(row)
+    return {
+        "gather": gather_settings(raw["gatherer"]),
+        "cameras": [camera_state(row) for row in raw["cameras"]],
+        "courses": [course_list(camera_id, rows) for camera_id, rows in by_camera.items()],
+    }

@@ -1,0 +1,163 @@
+"""One agent's live link: sends commands and matches replies, reads status reports, polices the peer.
+
+The session owns its WebSocket. Commands wait until the welcome (the full desired state) has gone
+out, so an agent never sees a command before the state it applies to. Whatever ends the link (the
+peer, a newer link for the same gatherer, a revoked key, garbage or a flood), every command still
+waiting gets a ``ConnectionError`` at once, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from . import protocol
+
+log = logging.getLogger(__name__)
+
+class Refused(Exception):
+    """The peer broke the protocol; the message is the logged reason the link is closed with."""
+
+
+class TokenBucket:
+    """Allows ``rate`` events a second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class AgentSession:
+    def __init__(self, ws: web.WebSocketResponse, gather_id: int, peer: str) -> None:
+        self.ws = ws
+        self.gather_id = gather_id
+        self.peer = peer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._welcomed = asyncio.Event()
+        self._closed_reason = ""
+        self._reported: dict[int, tuple[int, str]] = {}
+
+    def __repr__(self) -> str:
+        return f"<agent link gatherer={self.gather_id} peer={self.peer}>"
+
+    async def welcome(self, state: dict[str, Any]) -> None:
+        await self.ws.send_json({"type": "welcome", "gather_id": self.gather_id, "state": state})
+        self._welcomed.set()
+
+    async def request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Send one command and wait for the agent's reply (the hub bounds the wait)."""
+        await self._welcomed.wait()
+        if self.ws.closed:
+            raise ConnectionError(self._closed_reason or "link closed")
+        command_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[command_id] = future
+        try:
+            await self.ws.send_json(
+                {"type": "command", "id": command_id, "action": action, "data": data}
+            )
+            return await future
+        finally:
+            self._pending.pop(command_id, None)
+
+    async def close(self, reason: str, code: int = 4000) -> None:
+        if not self._closed_reason:
+            self._closed_reason = reason
+            log.info("closing %r: %s", self, reason)
+        self._fail_pending()
+        self._welcomed.set()
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+    def _fail_pending(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(self._closed_reason or "link closed"))
+
+    async def run(self, on_status, key_still_valid, key_recheck: float) -> None:  # type: ignore[no-untyped-def]
+        """Read the agent's messages until the link ends; ``on_status(camera_id, status, err_msg)``
+        handles reports and ``key_still_valid()`` is polled every ``key_recheck`` seconds so a
+        revoked key ends the link."""
+        watchdog = asyncio.create_task(self._watch_key(key_still_valid, key_recheck))
+        bucket = TokenBucket(protocol.RATE, protocol.BURST)
+        try:
+            async for message in self.ws:
+                if message.type != WSMsgType.TEXT:
+                    raise Refused(f"unexpected {message.type.name} frame")
+                if not bucket.take():
+                    raise Refused("flooding: too many messages")
+                await self._dispatch(_parse(message.data), on_status)
+            if not self._closed_reason:
+                self._closed_reason = f"agent disconnected (code {self.ws.close_code})"
+                log.info("%r: %s", self, self._closed_reason)
+        except Refused as refusal:
+            await self.close(str(refusal), code=4002)
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            self._fail_pending()
+
+    async def _dispatch(self, message: dict[str, Any], on_status) -> None:  # type: ignore[no-untyped-def]
+        kind = message.get("type")
+        if kind == "reply":
+            command_id = message.get("id")
+            future = self._pending.get(command_id) if isinstance(command_id, int) else None
+            if future is not None and not future.done():
+                future.set_result(_reply(message))
+        elif kind == "status":
+            camera_id, status = message.get("camera_id"), message.get("status")
+            if not isinstance(camera_id, int) or status not in (0, 1):
+                raise Refused("malformed status report")
+            err_msg = str(message.get("err_msg") or "")[:500]
+            if self._reported.get(camera_id) != (status, err_msg):  # repeats cost nothing
+                if len(self._reported) > 10_000:
+                    self._reported.clear()
+                self._reported[camera_id] = (status, err_msg)
+                await on_status(camera_id, status, err_msg)
+        else:
+            raise Refused(f"unknown message type {str(kind)[:32]!r}")
+
+    async def _watch_key(self, key_still_valid, interval: float) -> None:  # type: ignore[no-untyped-def]
+        while not self.ws.closed:
+            await asyncio.sleep(interval)
+            if not await key_still_valid():
+                await self.close("agent key revoked", code=4003)
+                return
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        raise Refused("garbage: not JSON") from exc
+    if not isinstance(message, dict):
+        raise Refused("garbage: not a JSON object")
+    return message
+
+
+def _reply(message: dict[str, Any]) -> dict[str, Any]:
+    """The agent's reply as ``transmit``: its code, message and any data, nothing of ours."""
+    err_code = message.get("err_code")
+    return {
+        "err_code": err_code if isinstance(err_code, int) else protocol.BAD_COMMAND,
+        "err_msg": str(message.get("err_msg", ""))[:500],
+        **({"data": message["data"]} if isinstance(message.get("data"), dict) else {}),
+    }

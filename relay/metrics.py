@@ -1,0 +1,26 @@
+"""Prometheus metrics at ``/metrics``. Each app has its own registry (tests run several)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.agents_connected = Gauge(
+            "relay_agents_connected", "Gatherer agents with a live link to this node.",
+            registry=self.registry,
+        )
+        self.command_seconds = Histogram(
+            "relay_command_seconds", "Round trip of a command to an agent, by command.",
+            ["command"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+    async def handle(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )

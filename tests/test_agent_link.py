@@ -1,0 +1,178 @@
+"""Peers that misbehave on /agent: each is refused or closed with a logged reason, never served."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import RelayProcess, run_relay, start_relay, stop_relay
+
+from relay.link import protocol
+
+
+@dataclass
+class Relay:
+    process: RelayProcess
+    key: str
+
+    @property
+    def url(self) -> str:
+        return self.process.base_url + "/agent"
+
+    def log(self) -> str:
+        return stop_relay(self.process)
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[Relay]:
+    process = start_relay(tmp_path / "data", "--agent-heartbeat", "1")
+    try:
+        key = run_relay("agent-key", "add", "lab", "--data", str(tmp_path / "data")).stdout.strip()
+        yield Relay(process, key)
+    finally:
+        stop_relay(process)
+
+
+def hello(mac: str = "02:00:00:00:00:aa", **extra) -> dict:
+    return {"type": "hello", "protocol": protocol.PROTOCOL, "version": "test", "mac_addr": mac,
+            "ip_addr": "127.0.0.1", "name_pc": "probe", "os_name": "test", "devices": [], **extra}
+
+
+async def connect(http: aiohttp.ClientSession, relay: Relay, key: str | None = None, **kwargs):
+    return await http.ws_connect(relay.url, headers={"Authorization": f"Bearer {key or relay.key}"},
+                                 **kwargs)
+
+
+async def welcomed(http, relay: Relay, mac: str = "02:00:00:00:00:aa", **kwargs):
+    ws = await connect(http, relay, **kwargs)
+    await ws.send_json(hello(mac))
+    message = await ws.receive_json(timeout=5)
+    assert message["type"] == "welcome"
+    return ws, message
+
+
+async def closed_with(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5) -> int | None:
+    message = await ws.receive(timeout=timeout)
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR), message
+    return message.data if message.type == aiohttp.WSMsgType.CLOSE else ws.close_code
+
+
+async def test_unknown_and_missing_keys_are_refused_before_upgrade(relay: Relay, http):
+    for headers in ({}, {"Authorization": "Bearer rk_" + "x" * 43},
+                    {"Authorization": f"Basic {relay.key}"}, {"Authorization": "Bearer " + "y" * 999}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(relay.url, headers=headers)
+        assert refused.value.status == 401
+    log = relay.log()
+    assert log.count("refused agent from 127.0.0.1") == 4
+    assert "x" * 43 not in log and relay.key not in log
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [
+        ("this is not json", "garbage before hello"),
+        (json.dumps({"type": "status", "camera_id": 1, "status": 1}), "spoke before saying hello"),
+        (json.dumps(hello(mac="not-a-mac")), "hello: bad mac_addr"),
+        (json.dumps(hello(protocol=99)), "unsupported protocol"),
+        (json.dumps(hello(devices=[{"device_ip": "1.2.3.4; rm -rf /"}])), "hello: bad device_ip"),
+        (json.dumps(hello(name_pc="x" * 500)), "hello: bad name_pc"),
+    ],
+)
+async def test_a_bad_first_message_closes_the_link(relay: Relay, http, first, reason):
+    ws = await connect(http, relay)
+    await ws.send_str(first)
+    assert await closed_with(ws) == 4001
+    assert reason in relay.log()
+
+
+async def test_no_hello_in_time(relay: Relay, http):
+    ws = await connect(http, relay)
+    assert await closed_with(ws, timeout=15) == 4001
+    assert "no hello in time" in relay.log()
+
+
+async def test_garbage_after_hello_closes_the_link(relay: Relay, http):
+    for junk, reason in (("{not json", "garbage: not JSON"), ("[1, 2]", "garbage: not a JSON object"),
+                         (json.dumps({"type": "party"}), "unknown message type"),
+                         (json.dumps({"type": "status", "camera_id": "1", "status": 7}),
+                          "malformed status report")):
+        ws, _ = await welcomed(http, relay)
+        await ws.send_str(junk)
+        assert await closed_with(ws) == 4002
+        await ws.close()
+    log = relay.log()
+    for reason in ("garbage: not JSON", "not a JSON object", "unknown message type",
+                   "malformed status report"):
+        assert reason in log
+
+
+async def test_binary_and_oversized_messages_close_the_link(relay: Relay, http):
+    ws, _ = await welcomed(http, relay)
+    await ws.send_bytes(b"\x00" * 10)
+    assert await closed_with(ws) == 4002
+    ws, _ = await welcomed(http, relay)
+    await ws.send_str(json.dumps({"type": "status", "pad": "x" * (protocol.MAX_MESSAGE + 1)}))
+    assert await closed_with(ws) == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+    assert "unexpected BINARY frame" in relay.log()
+
+
+async def test_a_flood_is_cut_off(relay: Relay, http):
+    ws, _ = await welcomed(http, relay)
+    report = json.dumps({"type": "status", "camera_id": 999, "status": 0})
+    for _ in range(int(protocol.BURST) + 500):
+        if ws.closed:
+            break
+        await ws.send_str(report)
+    assert await closed_with(ws, timeout=10) == 4002
+    assert "flooding" in relay.log()
+
+
+async def test_a_silent_link_is_dropped(relay: Relay, http):
+    ws, _ = await welcomed(http, relay, autoping=False)
+    started = asyncio.get_running_loop().time()
+    while True:  # read (and ignore) the relay's pings without answering them
+        message = await ws.receive(timeout=10)
+        if message.type != aiohttp.WSMsgType.PING:
+            break
+    assert ws.closed or message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert asyncio.get_running_loop().time() - started < 5  # heartbeat 1 s here; 30 s by default
+
+
+async def test_the_newer_of_two_links_with_one_mac_wins(relay: Relay, http):
+    older, first = await welcomed(http, relay)
+    newer, second = await welcomed(http, relay)
+    assert first["gather_id"] == second["gather_id"]
+    assert await closed_with(older) == 4000
+    await newer.send_json({"type": "status", "camera_id": 1, "status": 0})
+    with urllib.request.urlopen(relay.process.base_url + "/metrics", timeout=5) as response:
+        assert "relay_agents_connected 1.0" in response.read().decode()
+    assert not newer.closed
+    await newer.close()
+    assert "a newer connection from 127.0.0.1 replaces" in relay.log()
+
+
+async def test_an_agent_cannot_report_another_gatherers_camera(relay: Relay, http, tmp_path):
+    # Gatherer A has camera 1 (created through registration of an IP camera); B claims it.
+    a, welcome_a = await welcomed(http, relay, mac="02:00:00:00:00:0a")
+    await a.close()
+    ws = await connect(http, relay)
+    await ws.send_json(hello("02:00:00:00:00:0a", devices=[
+        {"camera_name": "门口", "device_ip": "10.0.0.9", "device_user": "admin",
+         "device_pass": "YWRtaW4=", "device_cmd_port": 8000}]))
+    state = (await ws.receive_json(timeout=5))["state"]
+    [camera] = state["cameras"]
+    assert camera["stream_prop"] == 0 and camera["device_ip"] == "10.0.0.9"
+    b, _ = await welcomed(http, relay, mac="02:00:00:00:00:0b")
+    await b.send_json({"type": "status", "camera_id": camera["camera_id"], "status": 1})
+    await asyncio.sleep(0.5)
+    await ws.close()
+    await b.close()
+    assert f"reported camera {camera['camera_id']}, which is not one of its cameras" in relay.log()
