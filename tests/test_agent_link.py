@@ -100,10 +100,8 @@ async def test_no_hello_in_time(relay: Relay, http):
 
 
 async def test_garbage_after_hello_closes_the_link(relay: Relay, http):
-    for junk, reason in (("{not json", "garbage: not JSON"), ("[1, 2]", "garbage: not a JSON object"),
-                         (json.dumps({"type": "party"}), "unknown message type"),
-                         (json.dumps({"type": "status", "camera_id": "1", "status": 7}),
-                          "malformed status report")):
+    for junk in ("{not json", "[1, 2]", json.dumps({"type": "party"}),
+                 json.dumps({"type": "status", "camera_id": "1", "status": 7})):
         ws, _ = await welcomed(http, relay)
         await ws.send_str(junk)
         assert await closed_with(ws) == 4002
@@ -160,9 +158,7 @@ async def test_the_newer_of_two_links_with_one_mac_wins(relay: Relay, http):
 
 
 async def test_an_agent_cannot_report_another_gatherers_camera(relay: Relay, http, tmp_path):
-    # Gatherer A has camera 1 (created through registration of an IP camera); B claims it.
-    a, welcome_a = await welcomed(http, relay, mac="02:00:00:00:00:0a")
-    await a.close()
+    # Gatherer A gets a camera through registering an IP camera; B then claims it.
     ws = await connect(http, relay)
     await ws.send_json(hello("02:00:00:00:00:0a", devices=[
         {"camera_name": "门口", "device_ip": "10.0.0.9", "device_user": "admin",

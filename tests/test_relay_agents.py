@@ -280,3 +280,23 @@ def test_metrics(system: System):
     assert 'relay_command_seconds_count{command="camera.add"} 1.0' in text
     with urllib.request.urlopen(system.relay.base_url + "/readyz", timeout=10) as response:
         assert json.load(response)["catalogue"] == "ok"
+
+
+def test_a_command_for_a_camera_the_agent_lacks_gets_its_error(system: System):
+    """A camera the agent never heard of (written behind the relay's back) gets the agent's error."""
+    import asyncio
+
+    from relay.catalogue import Catalogue
+
+    async def sneak_in() -> int:
+        catalogue = await Catalogue.open(f"sqlite+aiosqlite:///{system.tmp / 'data' / 'relay.sqlite3'}")
+        try:
+            row = await catalogue.cameras.add(system.gather_id, {
+                "camera_name": "暗", "stream_prop": 1, "stream_mp4": str(system.video)})
+        finally:
+            await catalogue.close()
+        return row["camera_id"]
+
+    camera_id = asyncio.run(sneak_in())
+    transmit = system.client.call("start_camera", camera_id=camera_id)["transmit"]
+    assert transmit == {"err_code": 20001, "err_msg": f"no camera {camera_id} on this gatherer"}
