@@ -12,10 +12,26 @@ Every message is one JSON object in a WebSocket text frame.
   whole objects, so applying one twice changes nothing.
 * agent → relay: ``{"type": "status", "camera_id", "status": 0|1, "err_msg"}`` whenever a camera's
   source opens or fails, and for every camera after each welcome.
+
+Live video travels apart from commands, on its own WebSocket per push:
+
+* relay → agent command ``live.start`` ``{"camera_id", "push_id"}``: start pushing that camera. The
+  agent opens ``GET /agent/media?camera_id=N&push_id=P`` (same ``Authorization`` header) and answers
+  the command once that socket is open. Starting a push that already runs with the same push_id
+  changes nothing; a new push_id replaces the old push.
+* ``live.stop`` ``{"camera_id", "push_id"}``: stop that push, only if ``push_id`` is the one running
+  (so a late stop never ends a newer start). ``live.keyframe`` ``{"camera_id"}``: send an IDR soon
+  (an agent that passes the source through cannot force one and answers OK all the same).
+* Media frames (agent → relay, binary): ``MEDIA_HEADER`` (flags byte, bit 0 = keyframe; then the
+  presentation time in 90 kHz units, unsigned 64-bit big-endian) followed by one H.264 access unit
+  in Annex-B form (start codes; SPS and PPS in front of every IDR), constrained baseline, no
+  B-frames. The first frame of a push is a keyframe: the agent first sends the frames of the
+  current GOP it holds (from its last IDR), then live ones.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 PROTOCOL = 1
@@ -36,12 +52,23 @@ CAMERA_DEL = "camera.del"
 CAMERA_START = "camera.start"
 CAMERA_STOP = "camera.stop"
 COURSES_SET = "courses.set"
-ACTIONS = (GATHER_MOD, CAMERA_ADD, CAMERA_MOD, CAMERA_DEL, CAMERA_START, CAMERA_STOP, COURSES_SET)
+LIVE_START = "live.start"
+LIVE_STOP = "live.stop"
+LIVE_KEYFRAME = "live.keyframe"
+ACTIONS = (GATHER_MOD, CAMERA_ADD, CAMERA_MOD, CAMERA_DEL, CAMERA_START, CAMERA_STOP, COURSES_SET,
+           LIVE_START, LIVE_STOP, LIVE_KEYFRAME)
+
+#: A media frame's header: flags (bit 0 keyframe), 90 kHz pts.
+MEDIA_HEADER = struct.Struct(">BQ")
+KEYFRAME = 0x01
+MAX_MEDIA_FRAME = 4 * 1024 * 1024
+MEDIA_CLOCK = 90_000
 
 # Codes an agent answers with (the relay's own transmit codes are in relay.hub).
 OK = 0
 UNKNOWN_CAMERA = 20001
 BAD_COMMAND = 20002
+SOURCE_DOWN = 20003  # live.start for a camera whose source is not open (stopped or failing)
 
 GATHER_FIELDS = (
     "name_set", "main_rate", "sub_rate", "auto_dvr", "auto_fds", "slice_val", "inter_val",
