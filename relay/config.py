@@ -31,6 +31,14 @@ class Settings:
     command_timeout: float = 10.0
     agent_heartbeat: float = 20.0
     agent_key_recheck: float = 30.0
+    live_heartbeat: float = 12.0
+    live_viewer_timeout: float = 30.0
+    live_close_after: float = 10.0
+    live_reconcile: float = 10.0
+    live_keyframe_interval: float = 1.0
+    webrtc_fallback_after: float = 4.0
+    ice_addresses: str = ""
+    ice_public_ip: str = ""
     play_ticket_ttl: int = 600
     session_ttl: int = 12 * 3600
     log_level: str = "info"

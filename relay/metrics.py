@@ -19,6 +19,20 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
 
+        self.live_pushes = Gauge(
+            "relay_live_pushes", "Live pushes running (cameras an agent is asked to push).",
+            registry=self.registry,
+        )
+        self.live_viewers = Gauge(
+            "relay_live_viewers", "Live viewer sessions open.", registry=self.registry,
+        )
+        self.live_first_packet = Histogram(
+            "relay_live_first_packet_seconds",
+            "From asking an agent to push to its first frame reaching the relay.",
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10),
+        )
+
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(self.registry),

@@ -1,7 +1,8 @@
 """The player pages behind ``play_url``: checks the play ticket, then serves ``player/`` files.
 
-``/play/live/<camera_id>`` and ``/play/record/<record_id>`` serve the page; the page asks
-``…/info`` (with the same ticket) for what it needs. Every refusal is a short page or JSON saying
+``/play/live/<camera_id>`` and ``/play/record/<record_id>`` serve the page; the recording page asks
+``…/info`` (with the same ticket) where the file is, the live page opens a viewer session
+(relay.live.routes). Every refusal is a short page or JSON saying
 why, never a stack trace. Player pages may be embedded in any site's ``<iframe>``.
 """
 
@@ -75,7 +76,7 @@ def _info(kind: Kind):  # type: ignore[no-untyped-def]
         services = request.app[SERVICES]
         try:
             target = _target(request, kind)
-            body = await (_live_info if kind == "live" else _record_info)(services, target)
+            body = await _record_info(services, target)
         except TicketError as refusal:
             return web.json_response({"error": str(refusal)}, status=403, headers=_HEADERS)
         except NotFound:
@@ -84,11 +85,6 @@ def _info(kind: Kind):  # type: ignore[no-untyped-def]
         return web.json_response(body, headers=_HEADERS)
 
     return serve
-
-
-async def _live_info(services: Services, camera_id: int) -> dict[str, Any]:
-    camera = await services.catalogue.cameras.get(camera_id)
-    return {"camera_name": camera["camera_name"], "status": camera["status"]}
 
 
 async def _record_info(services: Services, record_id: int) -> dict[str, Any]:
@@ -114,5 +110,5 @@ async def _asset(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     for kind in ("live", "record"):
         app.router.add_get(f"/play/{kind}/{{target}}", _page(kind))
-        app.router.add_get(f"/play/{kind}/{{target}}/info", _info(kind))
+    app.router.add_get("/play/record/{target}/info", _info("record"))
     app.router.add_get("/player/{name}", _asset)

@@ -16,6 +16,7 @@ from .catalogue import Catalogue
 from .config import Settings
 from .hub import Hub
 from .link import endpoint as link_endpoint
+from .live import setup_live
 from .logs import AccessLogger, redact
 from .metrics import Metrics
 from .present import Presenter
@@ -73,6 +74,7 @@ def build_app(services: Services) -> web.Application:
     services.storage.add_routes(app)
     ops.add_routes(app)
     link_endpoint.add_routes(app)
+    setup_live(app)
     app.router.add_get("/metrics", services.metrics.handle)
 
     async def close_catalogue(_app: web.Application) -> None:

@@ -25,17 +25,18 @@ async def test_play_camera_url(api, cameras):
     page = await api.client.get(f"{url.path}?{url.query}")
     assert page.status == 200 and "text/html" in page.headers["Content-Type"]
     assert "X-Frame-Options" not in page.headers  # embeddable in an iframe
-    info = await (await api.client.get(f"{url.path}/info?{url.query}")).json()
-    assert info == {"camera_name": "A", "status": 0}
+    # The camera is offline (no agent here): the session says so instead of opening.
+    session = await api.client.post(f"{url.path}/session?{url.query}")
+    assert session.status == 409 and "offline" in (await session.json())["error"]
     assert (await api.services.catalogue.cameras.get(camera_a))["clicks"] == 1
 
 
 async def test_ticket_for_camera_a_does_not_open_camera_b(api, cameras):
     camera_a, camera_b = cameras
     url = urlsplit((await api.call("play_camera", camera_id=camera_a))["play_url"])
-    for path in (f"/play/live/{camera_b}", f"/play/live/{camera_b}/info",
-                 f"/play/record/{camera_a}"):
-        response = await api.client.get(f"{path}?{url.query}")
+    for method, path in (("GET", f"/play/live/{camera_b}"), ("POST", f"/play/live/{camera_b}/session"),
+                         ("GET", f"/play/record/{camera_a}")):
+        response = await api.client.request(method, f"{path}?{url.query}")
         assert response.status == 403, path
         assert "not for this" in await response.text()
     assert (await api.services.catalogue.cameras.get(camera_b))["clicks"] == 0
@@ -47,7 +48,7 @@ async def test_expired_forged_and_missing_tickets(api, cameras):
     ticket = parse_qs(url.query)["ticket"][0]
     for query, reason in (("", "missing"), ("ticket=" + ticket[:-2] + "xx", "invalid"),
                           ("ticket=" + api.token, "invalid"), ("ticket=%00", "invalid")):
-        response = await api.client.get(f"{url.path}/info?{query}")
+        response = await api.client.post(f"{url.path}/session?{query}")
         assert response.status == 403
         assert reason in (await response.json())["error"]
     api.clock.advance(api.services.settings.play_ticket_ttl)

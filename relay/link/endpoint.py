@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ..catalogue import AgentKey
 from ..services import SERVICES, Services
 from . import protocol
 from .session import AgentSession, Refused
@@ -28,9 +29,16 @@ _MAC = re.compile(r"[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}")
 _HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 
 
-def _bearer(request: web.Request) -> str:
+async def agent_key(request: web.Request) -> AgentKey | None:
+    """The valid agent key a request carries in ``Authorization: Bearer``; a refusal is logged
+    (without the key) and answered None."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else ""
+    key = value.strip() if scheme.lower() == "bearer" else ""
+    record = await request.app[SERVICES].catalogue.agent_keys.check(key) if key else None
+    if record is None:
+        log.warning("refused agent from %s: %s", request.remote,
+                    "unknown or revoked key" if key else "no key")
+    return record
 
 
 def _text(message: dict[str, Any], key: str, limit: int) -> str:
@@ -101,10 +109,8 @@ async def _read_hello(ws: web.WebSocketResponse) -> dict[str, Any]:
 async def agent_endpoint(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     peer = request.remote or "?"
-    key = _bearer(request)
-    record = await services.catalogue.agent_keys.check(key) if key else None
+    record = await agent_key(request)
     if record is None:
-        log.warning("refused agent from %s: %s", peer, "unknown or revoked key" if key else "no key")
         return web.json_response({"error": "unknown or revoked agent key"}, status=401)
     ws = web.WebSocketResponse(heartbeat=services.settings.agent_heartbeat,
                                max_msg_size=protocol.MAX_MESSAGE)

@@ -1,0 +1,44 @@
+"""On-demand live video: agent media in, the same packets out to every viewer.
+
+``controller`` owns every camera's live state (viewers, pushes); ``ingest`` takes the agent's
+frames; ``feed`` fans them out; ``webrtc`` and ``mse`` are the two ways to a browser; ``routes`` is
+what the live page calls.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..services import SERVICES
+from . import ingest, routes
+from .controller import LiveController, LiveTimings
+from .webrtc import limit_ice_addresses
+
+
+def setup_live(app: web.Application) -> LiveController:
+    services = app[SERVICES]
+    settings = services.settings
+    controller = LiveController(
+        services.catalogue, services.hub, services.metrics,
+        LiveTimings(
+            close_after=settings.live_close_after,
+            viewer_timeout=settings.live_viewer_timeout,
+            reconcile=settings.live_reconcile,
+            keyframe_interval=settings.live_keyframe_interval,
+            heartbeat=settings.live_heartbeat,
+        ),
+    )
+    limit_ice_addresses([a.strip() for a in settings.ice_addresses.split(",") if a.strip()])
+    app[ingest.LIVE] = controller
+    app.router.add_get("/agent/media", ingest.media_endpoint)
+    routes.add_routes(app)
+
+    async def start(_app: web.Application) -> None:
+        controller.start()
+
+    async def stop(_app: web.Application) -> None:
+        await controller.close()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+    return controller

@@ -1,0 +1,313 @@
+"""The on-demand controller: the one owner of every camera's live state.
+
+Viewers come and go (a heartbeat every 12 s keeps one alive; goodbye, a closed WebRTC connection or
+``viewer_timeout`` seconds of silence end it). The first viewer of a camera makes the controller ask
+the agent to push, under a fresh push id; the last one leaving starts a ``close_after`` countdown
+that ends the push unless a viewer returns. A push is only ever stopped by its own id, so a late
+stop cannot kill a newer start, and the relay closes the push's media socket itself as well, so a
+lost stop command cannot leave a push running. A reconcile pass (every ``reconcile`` seconds) stops
+any push nobody watches and restarts any push a viewer still needs (after an agent or relay
+restart, say).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..catalogue import Catalogue, NotFound
+from ..hub import Hub
+from ..link import protocol
+from ..metrics import Metrics
+from .feed import LiveFeed
+from .mse import MseFeed
+
+log = logging.getLogger(__name__)
+
+
+class LiveRefused(Exception):
+    """Why a viewer cannot watch, in words fit for the player page."""
+
+
+@dataclass(frozen=True)
+class LiveTimings:
+    close_after: float = 10.0
+    viewer_timeout: float = 30.0
+    reconcile: float = 10.0
+    keyframe_interval: float = 1.0
+    heartbeat: float = 12.0
+
+
+@dataclass(eq=False)
+class Viewer:
+    viewer_id: str
+    camera_id: int
+    transport: str = ""
+    closers: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+    expiry: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class CameraLive:
+    camera_id: int
+    gather_id: int
+    feed: LiveFeed
+    viewers: dict[str, Viewer] = field(default_factory=dict)
+    push_id: str | None = None
+    requested_at: float = 0.0
+    error: str = ""
+    close_ingest: Callable[[], Awaitable[None]] | None = None
+    stop_timer: asyncio.TimerHandle | None = None
+    last_keyframe_request: float = 0.0
+    first_packet_seen: bool = False
+    mse: MseFeed | None = None
+
+
+class LiveController:
+    def __init__(self, catalogue: Catalogue, hub: Hub, metrics: Metrics, timings: LiveTimings
+                 ) -> None:
+        self._catalogue = catalogue
+        self._hub = hub
+        self._metrics = metrics
+        self.timings = timings
+        self._cameras: dict[int, CameraLive] = {}
+        self._viewers: dict[str, Viewer] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # Lifecycle
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._reconcile_forever())
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for viewer_id in list(self._viewers):
+            await self.close_viewer(viewer_id, "relay shutting down")
+        for camera in list(self._cameras.values()):
+            await self._stop_push(camera, "relay shutting down", wait=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _update_gauges(self) -> None:
+        self._metrics.live_pushes.set(sum(1 for c in self._cameras.values() if c.push_id))
+        self._metrics.live_viewers.set(len(self._viewers))
+
+    # Viewers
+
+    async def open_viewer(self, camera_id: int) -> Viewer:
+        try:
+            row = await self._catalogue.cameras.get(camera_id)
+        except NotFound as exc:
+            raise LiveRefused("no such camera") from exc
+        if not self._hub.online(row["gather_id"]):
+            raise LiveRefused("采集端离线 · the gatherer is offline")
+        if row["status"] != 1:
+            raise LiveRefused("通道离线 · the camera is offline")
+        camera = self._cameras.get(camera_id)
+        if camera is None:
+            feed = LiveFeed(lambda: self._request_keyframe(camera_id))
+            camera = self._cameras[camera_id] = CameraLive(camera_id, row["gather_id"], feed)
+        camera.gather_id = row["gather_id"]
+        viewer = Viewer(secrets.token_urlsafe(18), camera_id)
+        camera.viewers[viewer.viewer_id] = viewer
+        self._viewers[viewer.viewer_id] = viewer
+        self._arm_expiry(viewer)
+        if camera.stop_timer is not None:
+            camera.stop_timer.cancel()
+            camera.stop_timer = None
+        log.info("camera %d: viewer %s joined (%d watching)", camera_id, viewer.viewer_id[:6],
+                 len(camera.viewers))
+        self._ensure_push(camera)
+        self._update_gauges()
+        return viewer
+
+    def viewer(self, viewer_id: str) -> Viewer | None:
+        return self._viewers.get(viewer_id)
+
+    def heartbeat(self, viewer_id: str) -> Viewer | None:
+        viewer = self._viewers.get(viewer_id)
+        if viewer is not None:
+            self._arm_expiry(viewer)
+        return viewer
+
+    def _arm_expiry(self, viewer: Viewer) -> None:
+        if viewer.expiry is not None:
+            viewer.expiry.cancel()
+        viewer.expiry = asyncio.get_running_loop().call_later(
+            self.timings.viewer_timeout,
+            lambda: self._spawn(self.close_viewer(viewer.viewer_id, "no heartbeat")),
+        )
+
+    async def close_viewer(self, viewer_id: str, reason: str) -> None:
+        viewer = self._viewers.pop(viewer_id, None)
+        if viewer is None:
+            return
+        if viewer.expiry is not None:
+            viewer.expiry.cancel()
+        camera = self._cameras.get(viewer.camera_id)
+        if camera is not None:
+            camera.viewers.pop(viewer_id, None)
+            log.info("camera %d: viewer %s left (%s; %d watching)", viewer.camera_id,
+                     viewer_id[:6], reason, len(camera.viewers))
+            if not camera.viewers and camera.push_id and camera.stop_timer is None:
+                camera.stop_timer = asyncio.get_running_loop().call_later(
+                    self.timings.close_after, self._close_after_elapsed, camera)
+        for closer in viewer.closers:
+            try:
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # a transport that fails to close must not keep the viewer
+                log.exception("viewer %s: closing its transport failed", viewer_id[:6])
+        self._update_gauges()
+
+    def _close_after_elapsed(self, camera: CameraLive) -> None:
+        camera.stop_timer = None
+        if not camera.viewers:
+            self._spawn(self._stop_push(camera, f"nobody watched for {self.timings.close_after:g} s"))
+
+    def feed(self, camera_id: int) -> LiveFeed:
+        return self._cameras[camera_id].feed
+
+    def mse_feed(self, camera_id: int) -> MseFeed:
+        """The camera's shared fMP4 muxer, started for its first MSE viewer."""
+        camera = self._cameras[camera_id]
+        if camera.mse is None:
+            camera.mse = MseFeed(camera.feed)
+        return camera.mse
+
+    async def release_mse(self, camera_id: int) -> None:
+        camera = self._cameras.get(camera_id)
+        if camera is not None and camera.mse is not None and camera.mse.idle:
+            mse, camera.mse = camera.mse, None
+            await mse.close()
+
+    def state_of(self, camera_id: int) -> dict[str, Any]:
+        camera = self._cameras.get(camera_id)
+        if camera is None:
+            return {"pushing": False, "viewers": 0, "error": ""}
+        return {"pushing": camera.feed.first_packet.is_set(), "viewers": len(camera.viewers),
+                "error": camera.error}
+
+    # Pushes
+
+    def _ensure_push(self, camera: CameraLive) -> None:
+        if camera.push_id is None and camera.viewers:
+            camera.push_id = secrets.token_urlsafe(12)
+            camera.requested_at = time.monotonic()
+            camera.first_packet_seen = False
+            camera.error = ""
+            self._spawn(self._start_push(camera, camera.push_id))
+            self._update_gauges()
+
+    async def _start_push(self, camera: CameraLive, push_id: str) -> None:
+        log.info("camera %d: asking gatherer %d to push (push %s)", camera.camera_id,
+                 camera.gather_id, push_id)
+        transmit = await self._hub.send(camera.gather_id, protocol.LIVE_START,
+                                        {"camera_id": camera.camera_id, "push_id": push_id})
+        if transmit.get("err_code") and camera.push_id == push_id:
+            camera.error = str(transmit.get("err_msg", ""))
+            log.warning("camera %d: push %s refused: %s", camera.camera_id, push_id, camera.error)
+            camera.push_id = None
+            self._update_gauges()
+
+    async def _stop_push(self, camera: CameraLive, reason: str, wait: bool = False) -> None:
+        push_id = camera.push_id
+        if push_id is None:
+            return
+        camera.push_id = None
+        camera.feed.reset()
+        close_ingest, camera.close_ingest = camera.close_ingest, None
+        self._update_gauges()
+        log.info("camera %d: stopping push %s (%s)", camera.camera_id, push_id, reason)
+        stop = self._hub.send(camera.gather_id, protocol.LIVE_STOP,
+                              {"camera_id": camera.camera_id, "push_id": push_id})
+        if wait:
+            await stop
+        else:
+            self._spawn(stop)
+        if close_ingest is not None:
+            await close_ingest()
+
+    def _request_keyframe(self, camera_id: int) -> None:
+        """One shared, rate-limited keyframe request per camera (viewers joining, PLI/FIR)."""
+        camera = self._cameras.get(camera_id)
+        now = time.monotonic()
+        if camera is None:
+            return
+        if camera.push_id and now - camera.last_keyframe_request >= self.timings.keyframe_interval:
+            camera.last_keyframe_request = now
+            self._spawn(self._hub.send(camera.gather_id, protocol.LIVE_KEYFRAME,
+                                       {"camera_id": camera.camera_id}))
+
+    # The agent's media socket
+
+    def accept_push(self, camera_id: int, push_id: str,
+                    close: Callable[[], Awaitable[None]]) -> LiveFeed | None:
+        """The feed a media socket may publish to, when ``push_id`` is the camera's current push."""
+        camera = self._cameras.get(camera_id)
+        if camera is None or camera.push_id != push_id:
+            return None
+        camera.close_ingest = close
+        return camera.feed
+
+    def first_packet(self, camera_id: int, push_id: str) -> None:
+        camera = self._cameras.get(camera_id)
+        if camera is not None and camera.push_id == push_id and not camera.first_packet_seen:
+            camera.first_packet_seen = True
+            elapsed = time.monotonic() - camera.requested_at
+            self._metrics.live_first_packet.observe(elapsed)
+            log.info("camera %d: first frame of push %s after %.3f s", camera_id, push_id, elapsed)
+
+    def push_ended(self, camera_id: int, push_id: str) -> None:
+        """The media socket of ``push_id`` closed; if it was current, the push is gone."""
+        camera = self._cameras.get(camera_id)
+        if camera is None or camera.push_id != push_id:
+            return
+        log.info("camera %d: push %s ended on the agent's side", camera_id, push_id)
+        camera.push_id = None
+        camera.close_ingest = None
+        camera.feed.reset()
+        self._update_gauges()
+        if camera.viewers:  # an agent restart, say: try again soon rather than at reconcile
+            asyncio.get_running_loop().call_later(1.0, self._ensure_push, camera)
+
+    # Reconcile
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.timings.reconcile)
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("live reconcile failed")
+
+    def reconcile(self) -> None:
+        for camera in list(self._cameras.values()):
+            if camera.viewers:
+                if camera.push_id is None and self._hub.online(camera.gather_id):
+                    log.info("camera %d: %d viewer(s) but no push: restarting it",
+                             camera.camera_id, len(camera.viewers))
+                    self._ensure_push(camera)
+            elif camera.push_id is not None and camera.stop_timer is None:
+                self._spawn(self._stop_push(camera, "reconcile: nobody watches"))
+            elif camera.push_id is None and camera.stop_timer is None and camera.mse is None:
+                camera.feed.close()
+                del self._cameras[camera.camera_id]
+        self._update_gauges()
