@@ -132,3 +132,4 @@ async def test_secrets_never_reach_the_access_log(api, caplog):
     assert "/api/v1/list_camera" in logged
     assert api.credential not in logged
     assert api.token not in logged
+

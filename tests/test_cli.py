@@ -8,7 +8,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from conftest import RELAY, start_relay, stop_relay
+from conftest import RELAY, eventually, start_relay, stop_relay
 
 
 def relay(*args: str, env: dict[str, str] | None = None, check: bool = True):
@@ -72,10 +72,13 @@ def test_user_commands(tmp_path: Path):
         assert rotated != credential and len(rotated) == 32
         assert relay("user", "credential", "boss", "--data", data).stdout.strip() == rotated
         assert get_json(f"{base}/api/v1/access_token?unionid={credential}")["err_code"] == 1002
-        assert get_json(f"{base}/api/v1/list_gather?token={token}")["err_code"] == 1007
+        # Token checks see another process's change within TOKEN_CHECK_TTL (1 s).
+        eventually(lambda: get_json(f"{base}/api/v1/list_gather?token={token}")["err_code"] == 1007,
+                   timeout=3)
         fresh = get_json(f"{base}/api/v1/access_token?unionid={rotated}")["token"]
         relay("user", "admin", "boss", "off", "--data", data)
-        assert get_json(f"{base}/api/v1/list_gather?token={fresh}")["err_code"] == 1003
+        eventually(lambda: get_json(f"{base}/api/v1/list_gather?token={fresh}")["err_code"] == 1003,
+                   timeout=3)
     finally:
         stop_relay(server)
 

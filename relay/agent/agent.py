@@ -3,6 +3,10 @@
 It reconnects with jittered exponential backoff (capped at 30 s) for as long as it runs, including
 after its key is refused (an operator may fix the key on the relay side). Between connections it
 keeps running the cameras of the state it last received, which it keeps on disk.
+
+Live pushes (``live.start``/``live.stop``/``live.keyframe``) run beside the link, one media WebSocket
+per pushed camera (see :mod:`.push`); a push ends when its camera is stopped, deleted or changed,
+when its source fails, when the relay closes its socket, or when the agent stops.
 """
 
 from __future__ import annotations
@@ -14,19 +18,25 @@ import random
 import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
 from .. import __version__
 from ..link import protocol
 from .config import AgentConfig
+from .push import DEFAULT_KBPS, Push
 from .sources import CameraSource, SourceError, source_url
 from .state import DesiredState
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+#: How long live.start waits for a source that is still opening, and for the media socket; both
+#: together stay under the relay's command timeout (10 s).
+SOURCE_WAIT = 3.0
+MEDIA_CONNECT_TIMEOUT = 6.0
+MAX_PUSH_ID = 64
 
 
 class LinkRefused(Exception):
@@ -63,7 +73,9 @@ class Agent:
         self.state = DesiredState(data / "state.json")
         self.sources: dict[int, CameraSource] = {}
         self.statuses: dict[int, tuple[int, str]] = {}
+        self.pushes: dict[int, Push] = {}
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # Running
@@ -73,6 +85,7 @@ class Agent:
         self.reconcile()
         failures = 0
         async with aiohttp.ClientSession() as http:
+            self._http = http
             while not stop.is_set():
                 session = asyncio.create_task(self._session(http))
                 stopping = asyncio.create_task(stop.wait())
@@ -92,6 +105,8 @@ class Agent:
                 log.info("reconnecting in %.1f s", delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+            await self._stop_pushes()
+            self._http = None
         self._stop_sources()
 
     async def _session(self, http: aiohttp.ClientSession) -> bool:
@@ -150,14 +165,22 @@ class Agent:
         if message.get("type") != "command":
             log.warning("ignoring a %r message from the relay", message.get("type"))
             return
-        try:
-            reply = self.apply(str(message.get("action")), message.get("data") or {})
-        except (KeyError, TypeError, ValueError) as exc:
-            reply = protocol.answer(protocol.BAD_COMMAND, f"malformed command: {exc}")
+        # Awaited before the next message is read: commands are applied in order.
+        reply = await self.command(str(message.get("action")), message.get("data") or {})
         await ws.send_json({"type": "reply", "id": message.get("id"), **reply})
 
+    async def command(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Apply one command and return its reply; ``live.start`` waits for its media socket."""
+        try:
+            if action == protocol.LIVE_START:
+                return await self._live_start(data)
+            return self.apply(action, data)
+        except (KeyError, TypeError, ValueError) as exc:
+            return protocol.answer(protocol.BAD_COMMAND, f"malformed command: {exc}")
+
     def apply(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Apply one command to the desired state (saved at once) and the running sources."""
+        """Apply one command to the desired state (saved at once) and the running sources
+        (``live.start`` needs the event loop: it goes through :meth:`command`)."""
         state = self.state
         if action == protocol.GATHER_MOD:
             state.gather = {key: data[key] for key in protocol.GATHER_FIELDS}
@@ -182,12 +205,113 @@ class Agent:
             state.courses[camera_id] = list(data["courses"])
             state.save()
             return protocol.answer(data={"camera_id": camera_id, "courses": len(data["courses"])})
+        elif action == protocol.LIVE_STOP:
+            return self._live_stop(camera_id, push_id_of(data))
+        elif action == protocol.LIVE_KEYFRAME:
+            return self._live_keyframe(camera_id)
+        elif action == protocol.LIVE_START:
+            return protocol.answer(protocol.BAD_COMMAND, "live.start goes through Agent.command")
         else:
             return protocol.answer(protocol.BAD_COMMAND, f"unknown action {action[:32]!r}")
         state.save()
         self.reconcile()
         return protocol.answer(data={"camera_id": camera_id,
                                      "started": state.cameras[camera_id]["started"]})
+
+    # Live pushes
+
+    async def _live_start(self, data: dict[str, Any]) -> dict[str, Any]:
+        camera_id, push_id = data["camera_id"], push_id_of(data)
+        camera = self.state.cameras.get(camera_id)
+        if camera is None:
+            return protocol.answer(protocol.UNKNOWN_CAMERA, f"no camera {camera_id} on this gatherer")
+        running = self.pushes.get(camera_id)
+        if running is not None and running.push_id == push_id and not running.ended:
+            return protocol.answer(data={"camera_id": camera_id, "push_id": push_id})
+        source = self.sources.get(camera_id)
+        if not camera["started"]:
+            return protocol.answer(protocol.SOURCE_DOWN, f"camera {camera_id} is stopped")
+        deadline = asyncio.get_running_loop().time() + SOURCE_WAIT
+        while (source is not None and source.state == "opening"
+               and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.05)
+        if source is None or not source.is_open:
+            return protocol.answer(protocol.SOURCE_DOWN, self._down_message(camera_id, source))
+        if self._http is None:
+            return protocol.answer(protocol.BAD_COMMAND, "the agent is not running")
+        url = self.media_url(camera_id, push_id)
+        try:
+            ws = await asyncio.wait_for(self._http.ws_connect(
+                url, headers={"Authorization": f"Bearer {self._key}"}, heartbeat=protocol.HEARTBEAT,
+                max_msg_size=protocol.MAX_MESSAGE, timeout=aiohttp.ClientWSTimeout(ws_close=2),
+            ), MEDIA_CONNECT_TIMEOUT)
+        except aiohttp.WSServerHandshakeError as exc:
+            log.warning("camera %d: the relay refused the media socket of push %s: HTTP %d %s",
+                        camera_id, push_id, exc.status, exc.message)
+            return protocol.answer(protocol.BAD_COMMAND,
+                                   f"the relay refused the media socket: HTTP {exc.status}")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("camera %d: media socket of push %s failed: %s", camera_id, push_id,
+                        exc or exc.__class__.__name__)
+            return protocol.answer(protocol.BAD_COMMAND,
+                                   f"the media socket failed: {exc or exc.__class__.__name__}")
+        if self.sources.get(camera_id) is not source or not source.is_open:  # changed meanwhile
+            await ws.close()
+            return protocol.answer(protocol.SOURCE_DOWN, self._down_message(camera_id, source))
+        push = Push(camera_id, push_id, source, ws, self._push_ended)
+        old = self.pushes.get(camera_id)
+        self.pushes[camera_id] = push
+        push.start()
+        if old is not None:
+            old.stop(f"replaced by push {push_id}")
+        log.info("camera %d: push %s started", camera_id, push_id)
+        return protocol.answer(data={"camera_id": camera_id, "push_id": push_id})
+
+    def _live_stop(self, camera_id: int, push_id: str) -> dict[str, Any]:
+        push = self.pushes.get(camera_id)
+        stopped = push is not None and push.push_id == push_id
+        if stopped:
+            self._end_push(camera_id, "live.stop")
+        return protocol.answer(data={"camera_id": camera_id, "push_id": push_id, "stopped": stopped})
+
+    def _live_keyframe(self, camera_id: int) -> dict[str, Any]:
+        source = self.sources.get(camera_id)
+        forced = camera_id in self.pushes and source is not None and source.request_keyframe()
+        return protocol.answer(data={"camera_id": camera_id, "forced": forced})
+
+    def media_url(self, camera_id: int, push_id: str) -> str:
+        """``ws(s)://relay/…/agent/media?camera_id=N&push_id=P``, beside the link's URL."""
+        return f"{self.url}/media?{urlencode({'camera_id': camera_id, 'push_id': push_id})}"
+
+    def _down_message(self, camera_id: int, source: CameraSource | None) -> str:
+        if source is None:
+            err_msg = self.statuses.get(camera_id, (0, ""))[1]
+            return f"camera {camera_id}'s source is down: {err_msg or 'not running'}"
+        if source.state == "opening":
+            return f"camera {camera_id}'s source is not open yet"
+        return f"camera {camera_id}'s source is down: {source.error or source.state}"
+
+    def _end_push(self, camera_id: int, reason: str) -> None:
+        push = self.pushes.pop(camera_id, None)
+        if push is not None:
+            push.stop(reason)
+
+    def _push_ended(self, push: Push) -> None:
+        if self.pushes.get(push.camera_id) is push:
+            del self.pushes[push.camera_id]
+
+    async def _stop_pushes(self) -> None:
+        pushes = list(self.pushes.values())
+        for push in pushes:
+            self._end_push(push.camera_id, "the agent is stopping")
+        for push in pushes:
+            await push.wait()
+
+    def _sub_rate(self) -> int:
+        try:
+            return int(self.state.gather.get("sub_rate") or DEFAULT_KBPS)
+        except (TypeError, ValueError):
+            return DEFAULT_KBPS
 
     # Sources
 
@@ -211,9 +335,14 @@ class Agent:
                 self._report(None, camera_id, 0, str(exc))
                 continue
             source = CameraSource(camera_id, url, camera["stream_prop"] == 1, self._threadsafe_report,
-                                  self._auto_reconnect)
+                                  self._auto_reconnect, self._sub_rate)
             self.sources[camera_id] = source
             source.start()
+        for camera_id, push in list(self.pushes.items()):
+            if self.sources.get(camera_id) is not push.source:
+                camera = self.state.cameras.get(camera_id)
+                self._end_push(camera_id, "camera deleted" if camera is None else
+                               "camera stopped" if not camera["started"] else "camera source changed")
 
     def _url(self, camera: dict[str, Any]) -> str | None:
         try:
@@ -231,6 +360,8 @@ class Agent:
     def _report(self, source: CameraSource | None, camera_id: int, status: int, err_msg: str) -> None:
         if source is not None and self.sources.get(camera_id) is not source:
             return  # a report from a source that has since been replaced
+        if status == 0 and camera_id in self.pushes:
+            self._end_push(camera_id, f"source failed: {err_msg}")
         if self.statuses.get(camera_id) == (status, err_msg):
             return
         self.statuses[camera_id] = (status, err_msg)
@@ -247,8 +378,20 @@ class Agent:
                                 "err_msg": err_msg})
 
     def _stop_sources(self) -> None:
+        for camera_id in list(self.pushes):
+            self._end_push(camera_id, "the agent is stopping")
         for source in self.sources.values():
             source.stop()
         for source in self.sources.values():
             source.join(timeout=2)
         self.sources.clear()
+
+
+def push_id_of(data: dict[str, Any]) -> str:
+    push_id = data["push_id"]
+    if isinstance(push_id, bool) or not isinstance(push_id, str | int):
+        raise ValueError("push_id must be a string")
+    push_id = str(push_id)
+    if not 0 < len(push_id) <= MAX_PUSH_ID:
+        raise ValueError(f"push_id must have 1 to {MAX_PUSH_ID} characters")
+    return push_id

@@ -4,6 +4,9 @@ Mode 1 reads an MP4 file on this machine, looped and paced in real time; mode 2 
 rtmp:// URL; mode 0 an IP camera's RTSP URL built from its address, user, password and its vendor's
 template. PyAV calls block, so each open source runs in its own thread and reports to the agent's
 event loop through ``report(source, status, err_msg)``.
+
+While a camera is pushed live, its source hands every video frame (see :mod:`.push`) to the push's
+tap, in its own thread. It keeps the current GOP (from the last IDR) so a new push starts with it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +25,17 @@ from urllib.parse import quote
 import av
 
 from .config import AgentConfig
+from .push import (
+    DEFAULT_KBPS,
+    MAX_BYTES,
+    MAX_FRAMES,
+    Clock90,
+    MediaFrame,
+    Passthrough,
+    Transcoder,
+    is_passthrough,
+    source_rate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +45,8 @@ MAX_BACKOFF = 30.0
 
 #: ``report(source, status, err_msg)``, called from the source's thread.
 Report = Callable[["CameraSource", int, str], None]
+#: ``tap(frame)``, called from the source's thread for every frame while a push runs.
+Tap = Callable[[MediaFrame], None]
 
 
 class SourceError(Exception):
@@ -70,17 +87,32 @@ def describe(url: str) -> str:
 
 class CameraSource:
     """Keeps one camera's source open in a thread until ``stop()``; reopens it on failure when
-    ``reconnect()`` says so (the gatherer's auto_dvr), with jittered exponential backoff."""
+    ``reconnect()`` says so (the gatherer's auto_dvr), with jittered exponential backoff.
+
+    ``state`` is ``"opening"`` until the first open, then ``"open"`` or ``"failed"`` (with
+    ``error``), and ``"stopped"`` at the end. ``kbps()`` is the bit rate of a re-encoded push."""
 
     def __init__(self, camera_id: int, url: str, is_file: bool, report: Report,
-                 reconnect: Callable[[], bool]) -> None:
+                 reconnect: Callable[[], bool], kbps: Callable[[], int] | None = None) -> None:
         self.camera_id = camera_id
         self.url = url
         self.is_file = is_file
+        self.state = "opening"
+        self.error = ""
         self._report = report
         self._reconnect = reconnect
+        self._kbps = kbps or (lambda: DEFAULT_KBPS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera_id}", daemon=True)
+        self._clock = Clock90()
+        self._pipeline: Passthrough | Transcoder | None = None
+        # Guarded by _lock: the taps, and the current GOP handed to a new tap.
+        self._lock = threading.Lock()
+        self._taps: list[Tap] = []
+        self._gop: deque[MediaFrame] = deque()
+        self._gop_bytes = 0
+        self._gop_ok = False  # _gop starts at a keyframe
+        self._synced = False  # a keyframe has passed since the source opened
 
     def start(self) -> None:
         self._thread.start()
@@ -90,6 +122,33 @@ class CameraSource:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == "open"
+
+    # Taps (called from the event loop)
+
+    def add_tap(self, tap: Tap) -> list[MediaFrame]:
+        """Hand ``tap`` every frame from now on; returns the current GOP, which precedes them."""
+        with self._lock:
+            self._taps.append(tap)
+            gop = list(self._gop) if self._gop_ok and self._synced else []
+        if not gop:
+            self.request_keyframe()
+        return gop
+
+    def remove_tap(self, tap: Tap) -> None:
+        with self._lock:
+            if tap in self._taps:
+                self._taps.remove(tap)
+
+    def request_keyframe(self) -> bool:
+        """Ask for an IDR soon; False when the source is passed through (it cannot be asked)."""
+        pipeline = self._pipeline
+        return pipeline.request_keyframe() if pipeline is not None else False
+
+    # The thread
 
     def _run(self) -> None:
         failures = 0
@@ -101,6 +160,7 @@ class CameraSource:
                 message = describe(str(exc)) or exc.__class__.__name__
                 log.warning("camera %d: source %s failed: %s", self.camera_id, describe(self.url),
                             message)
+                self.state, self.error = "failed", message
                 self._report(self, 0, message)
                 if not self._reconnect():
                     self._stop.wait()
@@ -108,6 +168,7 @@ class CameraSource:
                 failures += 1
                 delay = min(MAX_BACKOFF, 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
                 self._stop.wait(delay)
+        self.state = "stopped"
 
     def _read(self) -> None:
         options = {} if self.is_file else {"rtsp_transport": "tcp"}
@@ -115,16 +176,34 @@ class CameraSource:
             if not container.streams.video:
                 raise SourceError("no video stream")
             stream = container.streams.video[0]
+            codec = stream.codec_context
+            pipeline: Passthrough | Transcoder = (
+                Passthrough(stream, self._clock) if is_passthrough(codec)
+                else Transcoder(stream, self._clock, self._kbps))
+            with self._lock:
+                self._synced = False
+                self._clear_gop()
+            self._clock.new_pass(source_rate(stream))
+            self._pipeline = pipeline
+            self.state, self.error = "open", ""
             self._report(self, 1, "")
-            log.info("camera %d: source %s is open (%s %dx%d)", self.camera_id,
-                     describe(self.url), stream.codec_context.name, stream.width, stream.height)
-            while not self._stop.is_set():
-                self._pace(container, stream)
-                if not self.is_file:
-                    raise SourceError("the stream ended")
-                container.seek(0)
+            log.info("camera %d: source %s is open (%s %s %dx%d, %s)", self.camera_id,
+                     describe(self.url), codec.name, codec.profile or "", stream.width,
+                     stream.height, pipeline.label)
+            try:
+                while not self._stop.is_set():
+                    self._pace(container, stream, pipeline)
+                    self._emit(pipeline.end_pass())
+                    if not self.is_file:
+                        raise SourceError("the stream ended")
+                    container.seek(0)
+                    self._clock.new_pass()
+            finally:
+                self._pipeline = None
+                pipeline.close()
 
-    def _pace(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> None:
+    def _pace(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+              pipeline: Passthrough | Transcoder) -> None:
         """Read packets, in real time for files, until the end or ``stop()``."""
         started = time.monotonic()
         first: float | None = None
@@ -138,3 +217,37 @@ class CameraSource:
             while self.is_file and (ahead := (at - first) - (time.monotonic() - started)) > 0:
                 if self._stop.wait(min(ahead, 1.0)):
                     return
+            watched = bool(self._taps)
+            try:
+                frames = pipeline.feed(packet, watched)
+            except av.FFmpegError as exc:
+                log.debug("camera %d: skipping a packet: %s", self.camera_id, exc)
+                continue
+            if not watched and not pipeline.keeps_gop and self._gop:
+                with self._lock:
+                    self._clear_gop()
+            self._emit(frames)
+
+    def _emit(self, frames: list[MediaFrame]) -> None:
+        """Keep the current GOP (bounded) and hand the frames to the taps."""
+        if not frames:
+            return
+        with self._lock:
+            for frame in frames:
+                if frame.keyframe:
+                    self._clear_gop()
+                    self._gop_ok = self._synced = True
+                if self._gop_ok:
+                    if len(self._gop) >= MAX_FRAMES or self._gop_bytes + len(frame.data) > MAX_BYTES:
+                        self._clear_gop()  # too long a GOP to keep: none until the next keyframe
+                    else:
+                        self._gop.append(frame)
+                        self._gop_bytes += len(frame.data)
+                if self._synced:
+                    for tap in self._taps:
+                        tap(frame)
+
+    def _clear_gop(self) -> None:
+        self._gop.clear()
+        self._gop_bytes = 0
+        self._gop_ok = False
