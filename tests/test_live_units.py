@@ -1,0 +1,95 @@
+"""The live pieces on their own: GOP-whole dropping, SDP rewriting, H.264 parsing, fMP4 output."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import av
+
+from relay.agent.demo_video import make_demo_video
+from relay.live.feed import LiveFeed, Subscription
+from relay.live.h264 import codec_string, nal_type, nal_units, parameter_sets
+from relay.live.mse import MseFeed
+from relay.live.webrtc import add_public_address, strip_mdns
+
+OFFER = (
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+    "a=candidate:1 1 udp 2122260223 2f1e0a5c-1d2c-4d5e-9f00-1234567890ab.local 51000 typ host\r\n"
+    "a=candidate:2 1 udp 1686052607 127.0.0.1 51000 typ srflx raddr 0.0.0.0 rport 0\r\n"
+)
+
+
+def test_strip_mdns_keeps_other_candidates():
+    stripped = strip_mdns(OFFER)
+    assert ".local" not in stripped
+    assert "127.0.0.1 51000 typ srflx" in stripped and stripped.startswith("v=0\r\n")
+
+
+def test_public_address_is_added_for_each_host_candidate():
+    answer = "v=0\r\na=candidate:abc 1 udp 2130706431 10.0.0.5 40000 typ host\r\n"
+    rewritten = add_public_address(answer, "203.0.113.7")
+    assert "a=candidate:abc 1 udp 2130706431 10.0.0.5 40000 typ host" in rewritten
+    assert "a=candidate:abcp 1 udp 2130706430 203.0.113.7 40000 typ host" in rewritten
+    assert add_public_address(answer, "") == answer
+
+
+def test_h264_parsing():
+    unit = (b"\x00\x00\x00\x01\x67\x42\xc0\x1e\xaa" + b"\x00\x00\x00\x01\x68\xce\x3c\x80"
+            + b"\x00\x00\x01\x65\x88\x84")
+    assert [nal_type(u) for u in nal_units(unit)] == [7, 8, 5]
+    sps, pps = parameter_sets(unit)
+    assert codec_string(sps) == "avc1.42c01e" and pps == b"\x68\xce\x3c\x80"
+    assert parameter_sets(b"\x00\x00\x01\x41\x9a") is None
+
+
+async def test_a_slow_subscriber_drops_whole_gops():
+    subscription: Subscription[str] = Subscription(limit=3)
+    for item, key in (("K1", True), ("p1", False), ("p2", False), ("p3", False), ("p4", False),
+                      ("K2", True), ("q1", False)):
+        subscription.offer(item, key)
+    received = [await subscription.get() for _ in range(2)]
+    assert received == ["K2", "q1"]  # p3 overflowed: the rest of GOP 1 went, never a lone frame
+    assert subscription.dropped == 5
+    subscription.close()
+    assert await subscription.get() is None
+
+
+def annexb_frames(path: Path, count: int) -> list[tuple[bytes, int, bool]]:
+    frames = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        bsf = av.BitStreamFilterContext("h264_mp4toannexb", stream)
+        for packet in container.demux(stream):
+            for out in bsf.filter(packet):
+                frames.append((bytes(out), int(out.pts * out.time_base * 90_000), out.is_keyframe))
+            if len(frames) >= count:
+                break
+    return frames[:count]
+
+
+async def test_feed_starts_viewers_on_the_current_gop_and_mse_makes_fragments(tmp_path: Path):
+    frames = annexb_frames(make_demo_video(tmp_path / "v.mp4", seconds=1), 12)
+    keyframe_requests = []
+    feed = LiveFeed(lambda: keyframe_requests.append(1))
+    assert feed.publish(b"\x00\x00\x01\x41\x9a", 0, False) is None  # nothing before a keyframe
+    for payload, pts, key in frames[:5]:
+        feed.publish(payload, pts, key)
+    late = feed.subscribe()
+    assert keyframe_requests == [1]
+    first = await late.get()
+    assert first.is_keyframe and first.pts == frames[0][1]  # the GOP so far, from its keyframe
+    mse = MseFeed(feed)
+    viewer = mse.subscribe()
+    await asyncio.sleep(0)  # let the muxer subscribe before more frames arrive
+    for payload, pts, key in frames[5:]:
+        feed.publish(payload, pts, key)
+    await asyncio.sleep(0.05)
+    items = []
+    while len(items) < 4:
+        items.append(await asyncio.wait_for(viewer.get(), 2))
+    assert items[0].startswith(b"{") and b"avc1.42" in items[0]
+    assert items[1][4:8] == b"ftyp"
+    assert all(item[4:8] == b"moof" for item in items[2:])
+    await mse.close()
+    feed.close()
