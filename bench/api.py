@@ -11,9 +11,10 @@ What it does, in order:
    first-start banner and exchanges it for a token;
 3. starts the baseline: a bare aiohttp app in its own process (same Python) whose one GET handler
    answers a constant JSON body, the bytes of one real ``list_camera`` page (per=10);
-4. warms every target up, then runs wrk on baseline, list_camera (cur=1), list_camera deep page and
-   list_record (cur=1) in turn, for ``--rounds`` rounds, and prints medians and the ratio of each
-   target's median req/s to the baseline's.
+4. warms every target up, then runs wrk on baseline, list_camera (cur=1), list_camera deep page,
+   list_record (cur=1) and, for reference, ``version`` (the same app with no token check and no
+   database) in turn, for ``--rounds`` rounds, and prints medians and the ratio of each target's
+   median req/s to the baseline's.
 
 Every process it starts is stopped by its PID, and the temporary dir removed, on the way out,
 Ctrl-C and failures included. Each answer is checked (``err_code`` 0, a full page) before and after
@@ -362,6 +363,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds of wrk on each target before measuring (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the reference target (version: the app without token or DB)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers to this file")
     parser.add_argument("--serve-baseline", nargs=2, metavar=("PORT", "BODY_FILE"),
                         help=argparse.SUPPRESS)
@@ -382,12 +385,12 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
     print(f"  cameras {timings['cameras']:.1f}s, records {timings['records']:.1f}s", flush=True)
 
     relay_port = free_port()
-    relay_log = (work / "relay.stderr").open("wb")
-    relay = processes.start(
-        [sys.executable, "-m", "relay", "serve", "--data", str(data),
-         "--listen", f"127.0.0.1:{relay_port}", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=relay_log, cwd=ROOT,
-    )
+    with (work / "relay.stderr").open("wb") as relay_log:  # the access log goes there
+        relay = processes.start(
+            [sys.executable, "-m", "relay", "serve", "--data", str(data),
+             "--listen", f"127.0.0.1:{relay_port}", "--log-level", "warning"],
+            stdout=subprocess.PIPE, stderr=relay_log, cwd=ROOT,
+        )
     banner = read_banner(relay)
     drain(relay.stdout)
     credential = re.search(r"API credential:\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
@@ -402,24 +405,32 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
     api = f"{relay_base}/api/v1"
     deep = max(1, min(args.deep_page, -(-args.rows // PER)))
     deep_rows = min(PER, args.rows - (deep - 1) * PER)
-    urls = {
-        "list_camera cur=1": f"{api}/list_camera?token={token}&cur=1&per={PER}",
-        f"list_camera cur={deep}": f"{api}/list_camera?token={token}&cur={deep}&per={PER}",
-        "list_record cur=1": f"{api}/list_record?token={token}&cur=1&per={PER}",
-    }
-    expected = {name: (deep_rows if "cur=1" not in name else min(PER, args.rows)) for name in urls}
+    first_rows = min(PER, args.rows)
+    pages = [  # name, url, rows a full answer carries
+        ("list_camera cur=1", f"{api}/list_camera?token={token}&cur=1&per={PER}", first_rows),
+        (f"list_camera cur={deep}", f"{api}/list_camera?token={token}&cur={deep}&per={PER}",
+         deep_rows),
+        ("list_record cur=1", f"{api}/list_record?token={token}&cur=1&per={PER}", first_rows),
+    ]
+    urls = {name: url for name, url, _ in pages}
+    expected = {name: rows for name, _, rows in pages}
     for name, url in urls.items():
         check_page(url, expected[name])
+    # Reference, not a goal: the same app on a call that needs no token and no database.
+    version_url = f"{api}/version"
+    if json.loads(http_get(version_url)).get("err_code") != 0:
+        raise RuntimeError("version did not answer err_code 0")
 
     body = http_get(urls["list_camera cur=1"])
     body_file = work / "baseline.json"
     body_file.write_bytes(body)
     base_port = free_port()
-    baseline_proc = processes.start(
-        [sys.executable, str(Path(__file__).resolve()), "--serve-baseline", str(base_port),
-         str(body_file)],
-        stdout=subprocess.DEVNULL, stderr=(work / "baseline.stderr").open("wb"),
-    )
+    with (work / "baseline.stderr").open("wb") as baseline_log:
+        baseline_proc = processes.start(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-baseline", str(base_port),
+             str(body_file)],
+            stdout=subprocess.DEVNULL, stderr=baseline_log,
+        )
     baseline_url = f"http://127.0.0.1:{base_port}/constant"
     wait_for_http(baseline_url, baseline_proc)
     print(f"baseline PID {baseline_proc.pid} on {baseline_url} ({len(body):,} byte body)",
@@ -427,6 +438,8 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
 
     baseline = Target("baseline (bare aiohttp)", baseline_url)
     targets = [baseline, *(Target(name, url) for name, url in urls.items())]
+    if not args.no_reference:
+        targets.append(Target("version (no token, no DB)", version_url))
     if args.warmup > 0:
         for target in targets:
             wrk(processes, target.url, args.warmup, args.threads, args.connections)
@@ -471,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.rounds < 1 or args.duration < 1 or args.rows < 1 or args.gatherers < 1:
         raise SystemExit("bench: --rounds, --duration, --rows and --gatherers must be at least 1")
+    # Ctrl-C and SIGTERM both end in the cleanup below, even when started with SIGINT ignored
+    # (as a background job of a non-interactive shell is).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     processes = Processes()
     work = Path(tempfile.mkdtemp(prefix="relay-bench-"))
@@ -484,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let cleanup finish on a second Ctrl-C
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         processes.stop_all()
         shutil.rmtree(work, ignore_errors=True)
 

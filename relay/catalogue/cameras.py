@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, delete, func, select, update
 
 from .database import Database
 from .errors import NotFound
@@ -56,8 +56,11 @@ class Cameras:
         self._clock = clock
 
     async def page(self, cur: int, per: int) -> Page:
+        # Each camera has one gatherer and at most one latest snapshot: count cameras alone.
+        count = select(func.count()).select_from(cameras)
         async with self._db.read() as conn:
-            return await fetch_page(conn, _listing().order_by(cameras.c.camera_id.desc()), cur, per)
+            return await fetch_page(conn, _listing().order_by(cameras.c.camera_id.desc()), cur, per,
+                                    count)
 
     async def get(self, camera_id: int) -> dict[str, Any]:
         async with self._db.read() as conn:

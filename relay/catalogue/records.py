@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, delete, func, select, update
 
 from .database import Database
 from .errors import NotFound
@@ -56,8 +56,11 @@ class Records:
             return result.inserted_primary_key[0]
 
     async def page(self, cur: int, per: int) -> Page:
+        # Each record has exactly one camera (a foreign key): count records alone.
+        count = select(func.count()).select_from(records)
         async with self._db.read() as conn:
-            return await fetch_page(conn, _listing().order_by(records.c.record_id.desc()), cur, per)
+            return await fetch_page(conn, _listing().order_by(records.c.record_id.desc()), cur, per,
+                                    count)
 
     async def get(self, record_id: int) -> dict[str, Any]:
         async with self._db.read() as conn:
