@@ -22,6 +22,7 @@
   let socket = null;
   let playing = false;
   let lastState = "";
+  let attempt = 0;  // each start() is one; only the latest may take a session
 
   function say(state, text) {
     status.dataset.state = state;
@@ -54,7 +55,12 @@
   }
 
   async function start() {
+    // Heartbeat 404s, a closed MSE socket and retry timers can each call start(): the latest wins,
+    // and the session it replaces says goodbye (or it would linger until its heartbeat timeout).
+    const mine = ++attempt;
+    clearTimeout(retryTimer);
     closeTransports();
+    endSession();
     playing = false;
     say("connecting", "连接中 · connecting…");
     let response, body;
@@ -62,8 +68,13 @@
       response = await fetch(url("/session", { ticket: ticket }), { method: "POST" });
       body = await response.json();
     } catch (error) {
+      if (mine !== attempt) return;
       say("error", "网络错误 · network error");
       retryLater(5);
+      return;
+    }
+    if (mine !== attempt) {  // a newer start() took over: this session is not needed
+      if (response.ok && body.session) navigator.sendBeacon(url("/bye", { session: body.session }));
       return;
     }
     if (!response.ok) {
@@ -93,9 +104,11 @@
   }
 
   async function heartbeat() {
-    if (!session) return;
+    const current = session;
+    if (!current) return;
     try {
-      const response = await fetch(url("/heartbeat", { session: session }), { method: "POST" });
+      const response = await fetch(url("/heartbeat", { session: current }), { method: "POST" });
+      if (session !== current) return;  // replaced while this was on its way
       if (response.status === 404) {  // the relay forgot us (restart, timeout): start again
         session = null;
         clearInterval(heartbeatTimer);
@@ -144,7 +157,7 @@
       if (pc !== peer) return;
       await peer.setRemoteDescription({ type: "answer", sdp: body.sdp });
     } catch (error) {
-      fallBack("WebRTC: " + error.message);
+      if (pc === peer) fallBack("WebRTC: " + error.message);
     }
   }
 
@@ -219,6 +232,11 @@
     say("playing", "直播中 · live");
   });
 
-  window.addEventListener("pagehide", () => { closeTransports(); endSession(); });
+  window.addEventListener("pagehide", () => {
+    attempt++;  // a start() still waiting for its session must not take one now
+    clearTimeout(retryTimer);
+    closeTransports();
+    endSession();
+  });
   start();
 })();

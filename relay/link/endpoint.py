@@ -4,6 +4,9 @@ An unknown or revoked key is refused before the WebSocket upgrade (401) and logg
 key. After the upgrade the first message must be a valid hello within ``HELLO_TIMEOUT``; the agent
 is then registered (gatherer online, its cameras at -1 until reported), becomes the gatherer's live
 link in the hub (closing an older link for the same MAC) and receives its full desired state.
+
+While links are up, ``KeyWatch`` rechecks each agent key in use every ``agent_key_recheck`` seconds,
+once for all the links that use it, and ends those links when the key has been revoked.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import binascii
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -24,6 +28,12 @@ from . import protocol
 from .session import AgentSession, Refused
 
 log = logging.getLogger(__name__)
+
+#: Agents registering (a catalogue write) at once. SQLite lets one writer in at a time; more at once
+#: only wait inside SQLite, where a writer can keep losing the lock to the others for longer than
+#: its busy timeout (an error, and a retry, for that agent), as in a reconnect storm of thousands.
+MAX_REGISTERING = 4
+REGISTERING = web.AppKey("agent_registrations", asyncio.Semaphore)
 
 _MAC = re.compile(r"[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}")
 _HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
@@ -121,9 +131,13 @@ async def agent_endpoint(request: web.Request) -> web.StreamResponse:
         log.warning("closed agent link from %s (key %r): %s", peer, record.name, refusal)
         await ws.close(code=4001, message=str(refusal).encode())
         return ws
-    gather_id = await services.catalogue.gatherers.register(
-        hello["mac_addr"], hello["ip_addr"], hello["name_pc"], hello["os_name"], hello["devices"]
-    )
+    async with request.app[REGISTERING]:
+        if ws.closed:  # it gave up waiting for its turn
+            return ws
+        gather_id = await services.catalogue.gatherers.register(
+            hello["mac_addr"], hello["ip_addr"], hello["name_pc"], hello["os_name"],
+            hello["devices"],
+        )
     session = AgentSession(ws, gather_id, peer)
     previous = services.hub.attach(gather_id, session)
     if previous is not None:
@@ -132,16 +146,22 @@ async def agent_endpoint(request: web.Request) -> web.StreamResponse:
         await previous.close("replaced by a newer connection for the same gatherer")  # type: ignore[attr-defined]
     log.info("agent %s (key %r, version %s) connected from %s as gatherer %d", hello["name_pc"],
              record.name, hello["version"], peer, gather_id)
+    # This frame lives as long as the link (days): keep neither the hello (with its devices), nor
+    # the link it replaced, nor the desired state (below) referenced all that time.
+    del hello, previous
+    keys = request.app[KEY_WATCH]
     try:
-        state = await services.catalogue.gatherers.desired_state(gather_id)
-        await session.welcome(protocol.desired_state(state))
+        await session.welcome(
+            protocol.desired_state(await services.catalogue.gatherers.desired_state(gather_id))
+        )
+        keys.watch(record.key_id, session, lambda: services.catalogue.agent_keys.is_valid(record.key_id),
+                   services.settings.agent_key_recheck)
         await session.run(
             lambda camera_id, status, err_msg: _on_status(services, gather_id, camera_id, status,
                                                           err_msg),
-            lambda: services.catalogue.agent_keys.is_valid(record.key_id),
-            services.settings.agent_key_recheck,
         )
     finally:
+        keys.forget(record.key_id, session)
         if services.hub.detach(gather_id, session):
             await asyncio.shield(services.catalogue.gatherers.set_offline(gather_id))
             log.info("gatherer %d is offline", gather_id)
@@ -160,6 +180,67 @@ async def _on_status(services: Services, gather_id: int, camera_id: int, status:
         log.info("camera %d (gatherer %d) is offline: %s", camera_id, gather_id, err_msg or "-")
 
 
+class KeyWatch:
+    """Rechecks each agent key in use every ``interval`` seconds and ends its links once revoked.
+
+    One catalogue read per key and interval, however many links use the key (a per-link check
+    was one read per link: 10,000 agents on one key made 333 reads a second on an idle relay, and
+    a sleeping task per link). A link learns of its key's revocation within ``interval``, as before.
+    """
+
+    def __init__(self) -> None:
+        self._links: dict[int, set[AgentSession]] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    def watch(self, key_id: int, session: AgentSession, is_valid: Callable[[], Awaitable[bool]],
+              interval: float) -> None:
+        self._links.setdefault(key_id, set()).add(session)
+        if key_id not in self._tasks:
+            self._tasks[key_id] = asyncio.create_task(self._recheck(key_id, is_valid, interval))
+
+    def forget(self, key_id: int, session: AgentSession) -> None:
+        links = self._links.get(key_id)
+        if links is None:
+            return
+        links.discard(session)
+        if not links:  # the key's last link is gone: stop checking it
+            del self._links[key_id]
+            task = self._tasks.pop(key_id, None)
+            if task is not None:
+                task.cancel()
+
+    async def _recheck(self, key_id: int, is_valid: Callable[[], Awaitable[bool]],
+                       interval: float) -> None:
+        try:
+            while self._links.get(key_id):
+                await asyncio.sleep(interval)
+                try:
+                    valid = await is_valid()
+                except Exception as exc:  # the catalogue is unreachable: keep the links, try again
+                    log.warning("could not recheck agent key %d: %s", key_id, exc)
+                    continue
+                if not valid:
+                    # Forget the key before closing, so a link that joins meanwhile gets a new check.
+                    links = self._links.pop(key_id, set())
+                    if self._tasks.get(key_id) is asyncio.current_task():
+                        del self._tasks[key_id]
+                    await asyncio.gather(*(link.close("agent key revoked", code=4003)
+                                           for link in links), return_exceptions=True)
+                    return
+        finally:
+            if self._tasks.get(key_id) is asyncio.current_task():
+                del self._tasks[key_id]
+
+    def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+        self._links.clear()
+
+
+KEY_WATCH = web.AppKey("agent_key_watch", KeyWatch)
+
+
 async def close_all(app: web.Application) -> None:
     """On shutdown: tell every agent we are going, so it reconnects as soon as we are back."""
     hub = app[SERVICES].hub
@@ -167,6 +248,13 @@ async def close_all(app: web.Application) -> None:
                            for link in hub.links()), return_exceptions=True)
 
 
+async def _stop_key_watch(app: web.Application) -> None:
+    app[KEY_WATCH].stop()
+
+
 def add_routes(app: web.Application) -> None:
+    app[KEY_WATCH] = KeyWatch()
+    app[REGISTERING] = asyncio.Semaphore(MAX_REGISTERING)
     app.router.add_get("/agent", agent_endpoint)
     app.on_shutdown.append(close_all)
+    app.on_cleanup.append(_stop_key_watch)

@@ -3,13 +3,13 @@
 The session owns its WebSocket. Commands wait until the welcome (the full desired state) has gone
 out, so an agent never sees a command before the state it applies to. Whatever ends the link (the
 peer, a newer link for the same gatherer, a revoked key, garbage or a flood), every command still
-waiting gets a ``ConnectionError`` at once, never a hang.
+waiting gets a ``ConnectionError`` at once, never a hang. Only what the agent sends unasked (status
+reports, stray replies) counts towards the flood limit, not its replies to our own commands.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -91,29 +91,35 @@ class AgentSession:
             if not future.done():
                 future.set_exception(ConnectionError(self._closed_reason or "link closed"))
 
-    async def run(self, on_status, key_still_valid, key_recheck: float) -> None:  # type: ignore[no-untyped-def]
+    async def run(self, on_status) -> None:  # type: ignore[no-untyped-def]
         """Read the agent's messages until the link ends; ``on_status(camera_id, status, err_msg)``
-        handles reports and ``key_still_valid()`` is polled every ``key_recheck`` seconds so a
-        revoked key ends the link."""
-        watchdog = asyncio.create_task(self._watch_key(key_still_valid, key_recheck))
+        handles reports. (The endpoint's ``KeyWatch`` ends the link when its key is revoked.)"""
         bucket = TokenBucket(protocol.RATE, protocol.BURST)
         try:
             async for message in self.ws:
                 if message.type != WSMsgType.TEXT:
                     raise Refused(f"unexpected {message.type.name} frame")
-                if not bucket.take():
+                parsed = _parse(message.data)
+                # A reply to a command we are waiting on is traffic we asked for, as fast as we send
+                # commands, so it never counts as flooding (a busy relay would cut its own agent off).
+                if not self._awaited(parsed) and not bucket.take():
                     raise Refused("flooding: too many messages")
-                await self._dispatch(_parse(message.data), on_status)
+                await self._dispatch(parsed, on_status)
             if not self._closed_reason:
                 self._closed_reason = f"agent disconnected (code {self.ws.close_code})"
                 log.info("%r: %s", self, self._closed_reason)
         except Refused as refusal:
             await self.close(str(refusal), code=4002)
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
             self._fail_pending()
+
+    def _awaited(self, message: dict[str, Any]) -> bool:
+        """``message`` is the reply to a command still waiting for it."""
+        if message.get("type") != "reply":
+            return False
+        command_id = message.get("id")
+        future = self._pending.get(command_id) if isinstance(command_id, int) else None
+        return future is not None and not future.done()
 
     async def _dispatch(self, message: dict[str, Any], on_status) -> None:  # type: ignore[no-untyped-def]
         kind = message.get("type")
@@ -134,13 +140,6 @@ class AgentSession:
                 await on_status(camera_id, status, err_msg)
         else:
             raise Refused(f"unknown message type {str(kind)[:32]!r}")
-
-    async def _watch_key(self, key_still_valid, interval: float) -> None:  # type: ignore[no-untyped-def]
-        while not self.ws.closed:
-            await asyncio.sleep(interval)
-            if not await key_still_valid():
-                await self.close("agent key revoked", code=4003)
-                return
 
 
 def _parse(text: str) -> dict[str, Any]:

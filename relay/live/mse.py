@@ -5,6 +5,11 @@ segment (ftyp + moov) and then one fragment (moof + mdat) per frame; nothing is 
 receives a JSON text message naming the codec and size, the init segment, the fragments of the
 current GOP, then live fragments; a new text message and init segment follow if the stream's
 parameters change. Slow viewers drop whole GOPs.
+
+The muxer, and the page's SourceBuffer, need timestamps that only go forward, but a new push may
+start anywhere: an agent that restarted counts from zero again, and a push restarted within a GOP
+begins with that GOP again. ``MseFeed`` keeps one timeline: a frame that would not move it forward is
+placed one frame after the last.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from fractions import Fraction
 
 import av
 
+from ..link.protocol import MEDIA_CLOCK
 from .feed import TIME_BASE, LiveFeed, Subscription
 from .h264 import codec_string, parameter_sets
 
@@ -60,9 +66,9 @@ class Fmp4Segmenter:
         self._stream.codec_context.extradata = b"\x00\x00\x00\x01" + sps + b"\x00\x00\x00\x01" + pps
         self.init = b""
 
-    def push(self, packet: av.Packet) -> bytes:
+    def push(self, packet: av.Packet, pts: int) -> bytes:
         copy = av.Packet(bytes(packet))
-        copy.pts = copy.dts = packet.pts
+        copy.pts = copy.dts = pts
         copy.time_base = Fraction(TIME_BASE)
         copy.is_keyframe = packet.is_keyframe
         copy.stream = self._stream
@@ -87,6 +93,9 @@ class MseFeed:
         self._header: list[bytes] = []  # the codec message and init segment
         self._gop: list[bytes] = []
         self._previous_keyframe = False
+        self._last_pts: int | None = None  # the last pts muxed, on our timeline
+        self._offset = 0  # from the feed's pts to our timeline
+        self._step = MEDIA_CLOCK // 25  # a frame's duration, as last seen
         self._task = asyncio.create_task(self._run())
 
     def subscribe(self, limit: int = 300) -> Subscription[bytes]:
@@ -123,9 +132,23 @@ class MseFeed:
         source = self._feed.subscribe(limit=600)
         try:
             while (packet := await source.get()) is not None:
-                self._take(packet)
+                try:
+                    self._take(packet)
+                except (av.FFmpegError, ValueError) as exc:  # the stream goes on from a keyframe
+                    log.warning("mse: the muxer refused a frame (%s): starting again", exc)
+                    self._end_stream()
         finally:
             self._feed.unsubscribe(source)
+
+    def _timeline(self, pts: int) -> int:
+        at = pts + self._offset
+        if self._last_pts is not None:
+            if at <= self._last_pts:  # a new push, from an earlier time: continue after the last
+                self._offset += self._last_pts + self._step - at
+                at = self._last_pts + self._step
+            elif at - self._last_pts <= MEDIA_CLOCK:
+                self._step = at - self._last_pts
+        return at
 
     def _take(self, packet: av.Packet) -> None:
         if packet.is_keyframe:
@@ -136,7 +159,9 @@ class MseFeed:
                 return
         if self._segmenter is None:
             return
-        fragment = self._segmenter.push(packet)
+        pts = self._timeline(packet.pts)
+        fragment = self._segmenter.push(packet, pts)
+        self._last_pts = pts
         if fragment:
             # This is the previous frame's fragment: a GOP starts with the keyframe's fragment.
             if self._previous_keyframe:
@@ -154,7 +179,9 @@ class MseFeed:
         if self._segmenter is not None:
             self._segmenter.close()
         self._segmenter = segmenter
-        segmenter.push(keyframe)  # writes the init segment; the keyframe's fragment comes next
+        pts = self._timeline(keyframe.pts)
+        segmenter.push(keyframe, pts)  # writes the init segment; the keyframe's fragment comes next
+        self._last_pts = pts
         self._previous_keyframe = True
         describe = json.dumps({"codec": segmenter.codec, "width": segmenter.width,
                                "height": segmenter.height}).encode()
@@ -162,3 +189,9 @@ class MseFeed:
         self._broadcast(describe, True)
         self._broadcast(segmenter.init, False)
         return True
+
+    def _end_stream(self) -> None:
+        """Forget the muxer: the next keyframe starts a new stream (codec message, init segment)."""
+        if self._segmenter is not None:
+            self._segmenter.close()
+        self._segmenter = None

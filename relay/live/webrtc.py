@@ -124,7 +124,9 @@ async def answer_offer(
         transceiver.sender._send_keyframe = feed.request_keyframe  # PLI/FIR → the agent
         await pc.setRemoteDescription(RTCSessionDescription(strip_mdns(offer_sdp), "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+    except Exception as exc:
+        # aiortc refuses an offer it cannot take with all sorts of exceptions (ValueError,
+        # AssertionError, its own InvalidStateError and OperationError…): each means a bad offer.
         closed = True
         deadline.cancel()
         feed.unsubscribe(subscription)

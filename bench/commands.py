@@ -1,0 +1,1224 @@
+"""Benchmark agent commands through the relay, and many agents connected to one relay node.
+
+    .venv/bin/python bench/commands.py [--rounds 3] [--duration 10] [--agents 10000] [--skip-agents]
+
+Part 1, command round trip. A real ``relay serve`` (fresh data dir), one simulated agent (a minimal
+aiohttp WebSocket client in its own process, this script with ``--role agent``) and one camera on
+its gatherer; wrk calls ``GET /api/v1/start_camera`` (whose answer carries the agent's reply as
+``transmit``) with 1 and with ``--callers`` (200) concurrent connections. The baseline is a bare
+aiohttp server (``--role echo``) whose GET handler sends the same command as a JSON message over a
+WebSocket to the same simulated agent code, waits for its reply and answers it as JSON: the same
+shape of work (HTTP in, WS message out, WS reply in, HTTP answer out) without the relay's API,
+catalogue and hub. Baseline and relay alternate for ``--rounds`` rounds; the tables are medians.
+
+Part 2, many agents. A second fresh ``relay serve`` (open-files limit raised first, so it inherits
+it); ``--agent-procs`` client processes connect ``--agents`` simulated agents in all (a unique
+``mac_addr`` each), at most ``--connect-rate`` a second and ``--inflight`` handshakes at once per
+process, in stages (1,000, 5,000, all). At each stage the count is read from the relay's
+``/metrics`` (``relay_agents_connected``) and its memory from ``/proc/PID/status`` (VmRSS). With
+all connected, a camera is added to one agent's gatherer and ``start_camera`` timed with wrk; the
+links are then held for ``--hold`` seconds (longer than the relay's 20 s heartbeat, so every agent
+must have answered a ping) and counted again.
+
+Every process this starts is stopped by its PID, and the temporary dir removed, on the way out,
+failures and Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+SCRIPT = str(Path(__file__).resolve())
+START_TIMEOUT = 60.0
+MAX_MESSAGE = 256 * 1024
+PROTOCOL = 1
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Processes:
+    """Every child we start, so that cleanup stops exactly those, by PID."""
+
+    def __init__(self) -> None:
+        self._children: list[subprocess.Popen[Any]] = []
+
+    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        child = subprocess.Popen(argv, **kwargs)
+        self._children.append(child)
+        return child
+
+    def stop(self, child: subprocess.Popen[Any], grace: float = 10.0) -> None:
+        if child.poll() is None:
+            try:
+                os.kill(child.pid, signal.SIGINT)
+                child.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait(10)
+            except ProcessLookupError:
+                pass
+        for stream in (child.stdin, child.stdout, child.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
+        if child in self._children:
+            self._children.remove(child)
+
+    def stop_all(self) -> None:
+        for child in reversed(list(self._children)):
+            try:
+                self.stop(child)
+            except Exception as exc:  # keep going: the others must stop too
+                print(f"bench: could not stop PID {child.pid}: {exc}", file=sys.stderr)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 30.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as answer:
+        return answer.read()
+
+
+def http_json(url: str, timeout: float = 30.0) -> dict[str, Any]:
+    return json.loads(http_get(url, timeout))
+
+
+def wait_for_http(url: str, child: subprocess.Popen[Any], timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"PID {child.pid} exited with {child.returncode} while starting")
+        try:
+            http_get(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def read_banner(child: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> str:
+    """Read the relay's stdout until its first-start banner has named the API credential."""
+    assert child.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(child.stdout, selectors.EVENT_READ)
+    text = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if re.search(rb"API credential:\s+\S+\s", text):
+                return text.decode()
+            if not selector.select(timeout=0.5):
+                if child.poll() is not None:
+                    break
+                continue
+            chunk = os.read(child.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            text += chunk
+    finally:
+        selector.close()
+    raise RuntimeError(f"no API credential in relay's first-start banner: {text.decode()[:500]!r}")
+
+
+def drain(stream: Any) -> None:
+    """Keep reading a child's pipe in the background so it can never block on a full pipe."""
+
+    def run() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while stream.read(65536):
+                pass
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of ``pid`` in kB."""
+    values: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                values[name] = int(rest.split()[0])
+    return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile(wanted: int) -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE (soft, and hard when we may) to at least ``wanted``; children inherit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft, hard
+    if hard < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, ceiling), min(wanted, ceiling)))
+            return resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+# --------------------------------------------------------------------------- simulated agents
+
+
+def mac_of(proc: int, index: int) -> str:
+    """A unique locally administered MAC per (process, agent): 02:pp:ii:ii:ii:ii."""
+    return "02:" + ":".join(f"{byte:02x}" for byte in (proc, *index.to_bytes(4, "big")))
+
+
+def reply_to(command: dict[str, Any]) -> dict[str, Any]:
+    """What the simulated agent answers: success at once, with the reference agent's data shape."""
+    data = command.get("data") or {}
+    action = command.get("action")
+    if action in ("camera.start", "camera.stop"):
+        body = {"camera_id": data.get("camera_id"), "started": int(action == "camera.start")}
+    elif action in ("camera.add", "camera.mod"):
+        body = {"camera_id": data.get("camera_id"), "started": data.get("started", 0)}
+    else:
+        body = {}
+    return {"type": "reply", "id": command.get("id"), "err_code": 0, "err_msg": "OK", "data": body}
+
+
+async def agents_role(args: argparse.Namespace) -> None:
+    """``--role agent``: up to ``--count`` agents; stdin ``target N`` lets N of them connect.
+
+    Prints one JSON line of progress a second (and each gather_id the first agent learns)."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    control = {"target": args.target, "stop": False}
+    changed = asyncio.Event()
+    stats = {"connected": 0, "attempted": 0, "failed": 0, "dropped": 0, "commands": 0,
+             "retries": 0}
+    last_error = [""]
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    gate = asyncio.Semaphore(args.inflight)
+
+    def emit(event: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+    async def read_control() -> None:
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := await reader.readline():
+            words = line.decode().split()
+            if words[:1] == ["target"]:
+                control["target"] = int(words[1])
+                changed.set()
+            elif words[:1] == ["quit"]:
+                break
+        control["stop"] = True
+        changed.set()
+
+    headers = {"Authorization": f"Bearer {args.key}"}
+
+    async def one(http: aiohttp.ClientSession, index: int) -> None:
+        hello = {
+            "type": "hello", "protocol": PROTOCOL, "version": "bench",
+            "mac_addr": mac_of(args.proc, index), "ip_addr": "127.0.0.1",
+            "name_pc": f"bench-{args.proc}-{index}", "os_name": "bench", "devices": [],
+        }
+        ws = None
+        released = False
+        try:
+            for attempt in range(args.attempts):
+                try:
+                    ws = await http.ws_connect(
+                        args.url, headers=headers, max_msg_size=MAX_MESSAGE, autoping=True,
+                        timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5),
+                    )
+                    await ws.send_str(json.dumps(hello))
+                    welcome = await asyncio.wait_for(ws.receive(), 60)
+                    if welcome.type != aiohttp.WSMsgType.TEXT:
+                        raise ConnectionError(f"no welcome: {welcome.type.name} {ws.close_code}")
+                    gather_id = json.loads(welcome.data)["gather_id"]
+                    break
+                except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError,
+                        ValueError, KeyError) as exc:
+                    last_error[0] = f"{exc.__class__.__name__}: {exc}"[:200]
+                    if ws is not None:
+                        await ws.close()
+                        ws = None
+                    if attempt + 1 < args.attempts:
+                        stats["retries"] += 1
+                        await asyncio.sleep(0.5 * 2 ** attempt)
+            if ws is None:
+                stats["failed"] += 1
+                return
+            gate.release()
+            released = True
+            stats["connected"] += 1
+            sockets.append(ws)
+            if index == 0:
+                emit({"event": "gather", "proc": args.proc, "gather_id": gather_id})
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                command = json.loads(message.data)
+                if command.get("type") == "command":
+                    stats["commands"] += 1
+                    await ws.send_str(json.dumps(reply_to(command)))
+            stats["connected"] -= 1
+            if not control["stop"]:
+                stats["dropped"] += 1
+                last_error[0] = f"link closed: code {ws.close_code}"
+        finally:
+            if not released:
+                gate.release()
+
+    async def launch(http: aiohttp.ClientSession, tasks: set[asyncio.Task[None]]) -> None:
+        interval = 1.0 / args.rate
+        next_at = loop.time()
+        for index in range(args.count):
+            while control["target"] <= index and not control["stop"]:
+                changed.clear()
+                await changed.wait()
+            if control["stop"]:
+                return
+            now = loop.time()
+            next_at = max(next_at, now)
+            if next_at > now:
+                await asyncio.sleep(next_at - now)
+            next_at += interval
+            await gate.acquire()
+            stats["attempted"] += 1
+            task = asyncio.create_task(one(http, index))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def report() -> None:
+        while True:
+            emit({"event": "progress", "proc": args.proc, **stats, "error": last_error[0]})
+            await asyncio.sleep(1.0)
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        tasks: set[asyncio.Task[None]] = set()
+        controller = asyncio.create_task(read_control())
+        reporter = asyncio.create_task(report())
+        launcher = asyncio.create_task(launch(http, tasks))
+        await controller
+        launcher.cancel()
+        await asyncio.gather(*(ws.close() for ws in list(sockets)), return_exceptions=True)
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        reporter.cancel()
+        emit({"event": "progress", "proc": args.proc, **stats, "error": last_error[0]})
+
+
+class AgentFleet:
+    """The client processes of simulated agents, and what they last reported."""
+
+    def __init__(self, processes: Processes, url: str, key: str, total: int, procs: int,
+                 rate: float, inflight: int, attempts: int, work: Path) -> None:
+        self.processes = processes
+        self.per_proc = [total // procs + (1 if n < total % procs else 0) for n in range(procs)]
+        self.children: list[subprocess.Popen[Any]] = []
+        self.progress: dict[int, dict[str, Any]] = {}
+        self.gather_ids: dict[int, int] = {}
+        self._lock = threading.Lock()
+        for proc, count in enumerate(self.per_proc):
+            child = processes.start(
+                [sys.executable, SCRIPT, "--role", "agent", "--url", url, "--key", key,
+                 "--proc", str(proc), "--count", str(count), "--target", "0",
+                 "--rate", str(max(rate / procs, 0.1)), "--inflight", str(inflight),
+                 "--attempts", str(attempts)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=(work / f"agents-{proc}.stderr").open("wb"), cwd=ROOT,
+            )
+            self.children.append(child)
+            threading.Thread(target=self._read, args=(child,), daemon=True).start()
+
+    def _read(self, child: subprocess.Popen[Any]) -> None:
+        assert child.stdout is not None
+        with contextlib.suppress(OSError, ValueError):
+            for line in child.stdout:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                with self._lock:
+                    if event.get("event") == "progress":
+                        self.progress[event["proc"]] = event
+                    elif event.get("event") == "gather":
+                        self.gather_ids[event["proc"]] = event["gather_id"]
+
+    def target(self, total: int) -> None:
+        """Let ``total`` agents be connected in all, spread like the processes' shares."""
+        whole = sum(self.per_proc)
+        remaining = total
+        for proc, (child, count) in enumerate(zip(self.children, self.per_proc, strict=True)):
+            share = count if proc == len(self.children) - 1 else round(total * count / whole)
+            share = min(count, max(0, min(share, remaining)))
+            remaining -= share
+            assert child.stdin is not None
+            child.stdin.write(f"target {share}\n".encode())
+            child.stdin.flush()
+
+    def totals(self) -> dict[str, Any]:
+        with self._lock:
+            reports = list(self.progress.values())
+        keys = ("connected", "attempted", "failed", "dropped", "commands", "retries")
+        totals: dict[str, Any] = {key: sum(r.get(key, 0) for r in reports) for key in keys}
+        totals["errors"] = [r["error"] for r in reports if r.get("error")]
+        return totals
+
+    def alive(self) -> bool:
+        return all(child.poll() is None for child in self.children)
+
+    def rss_kb(self) -> int:
+        return sum(proc_status(child.pid).get("VmRSS", 0) for child in self.children
+                   if child.poll() is None)
+
+    def quit(self) -> None:
+        for child in self.children:
+            if child.poll() is None and child.stdin is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    child.stdin.write(b"quit\n")
+                    child.stdin.flush()
+
+
+# --------------------------------------------------------------------------- echo baseline
+
+
+def echo_role(port: int) -> None:
+    """``--role echo``: a bare aiohttp server; GET /echo forwards a command over the WebSocket
+    to the one connected (simulated) agent and answers with its reply."""
+    from aiohttp import WSMsgType, web
+
+    link: dict[str, Any] = {"ws": None}
+    pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+    ids = itertools.count(1)
+    counts = {"answered": 0, "timeouts": 0, "offline": 0}
+
+    def dumps(body: Any) -> str:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+    async def agent(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE)
+        await ws.prepare(request)
+        hello = await ws.receive()
+        if hello.type != WSMsgType.TEXT or json.loads(hello.data).get("type") != "hello":
+            await ws.close()
+            return ws
+        await ws.send_str(dumps({"type": "welcome", "gather_id": 1, "state": {}}))
+        link["ws"] = ws
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    break
+                reply = json.loads(message.data)
+                future = pending.get(reply.get("id"))
+                if reply.get("type") == "reply" and future is not None and not future.done():
+                    future.set_result(reply)
+        finally:
+            if link["ws"] is ws:
+                link["ws"] = None
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("link closed"))
+        return ws
+
+    async def echo(request: web.Request) -> web.Response:
+        ws = link["ws"]
+        if ws is None:
+            counts["offline"] += 1
+            return web.json_response({"err_code": 0, "err_msg": "OK",
+                                      "transmit": {"err_code": 10002}}, dumps=dumps)
+        command_id = next(ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        pending[command_id] = future
+        try:
+            await ws.send_str(dumps({"type": "command", "id": command_id, "action": "camera.start",
+                                     "data": {"camera_id": int(request.query.get("camera_id", 1))}}))
+            reply = await asyncio.wait_for(future, 10)
+        except (TimeoutError, ConnectionError):
+            counts["timeouts"] += 1
+            return web.json_response({"err_code": 0, "err_msg": "OK",
+                                      "transmit": {"err_code": 10003}}, dumps=dumps)
+        finally:
+            pending.pop(command_id, None)
+        counts["answered"] += 1
+        transmit = {"err_code": reply.get("err_code"), "err_msg": reply.get("err_msg"),
+                    "data": reply.get("data")}
+        return web.json_response({"err_code": 0, "err_msg": "OK", "transmit": transmit},
+                                 dumps=dumps)
+
+    async def stats(_request: web.Request) -> web.Response:
+        return web.json_response({**counts, "linked": link["ws"] is not None})
+
+    app = web.Application()
+    app.router.add_get("/agent", agent)
+    app.router.add_get("/echo", echo)
+    app.router.add_get("/stats", stats)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    unanswered: int = 0  # requests whose answer did not carry the agent's reply (see Target)
+
+
+@dataclass
+class Target:
+    """What wrk calls; ``answered()`` counts the agent replies the server has had so far, so that a
+    run whose answers said "offline" or "timeout" (HTTP 200 all the same) shows as unanswered."""
+
+    name: str
+    url: str
+    callers: int
+    answered: Any = None
+    runs: list[Run] = field(default_factory=list)
+
+    def run(self, processes: Processes, duration: float) -> Run:
+        before = self.answered() if self.answered else 0
+        result = wrk(processes, self.url, duration, self.callers)
+        if self.answered:
+            result.unanswered = max(0, result.requests - (self.answered() - before))
+        return result
+
+    def median(self, attribute: str) -> float:
+        return statistics.median(getattr(run, attribute) for run in self.runs)
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
+    if not match:
+        raise ValueError(f"unreadable wrk time {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> Run:
+    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", output, re.M)
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
+    total = re.search(r"^\s+(\d+) requests in", output, re.M)
+    if not (rps and p50 and p99 and total):
+        raise RuntimeError(f"unreadable wrk output:\n{output}")
+    errors = 0
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if socket_errors:
+        errors += sum(int(value) for value in socket_errors.groups())
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    return Run(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(total.group(1)),
+               errors)
+
+
+def wrk(processes: Processes, url: str, duration: float, connections: int, threads: int = 1) -> Run:
+    seconds = max(1, round(duration))
+    argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s",
+            "--timeout", "30s", "--latency", url]
+    child = processes.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = child.communicate(timeout=seconds + 60)
+    finally:
+        processes.stop(child)
+    if child.returncode != 0:
+        raise RuntimeError(f"wrk failed ({child.returncode}):\n{output}")
+    return parse_wrk(output)
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+class Spy:
+    """py-spy recording a process (without pausing it) until stopped; raw collapsed stacks."""
+
+    def __init__(self, processes: Processes, pid: int, out: Path, rate: int = 200) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.processes, self.out = processes, out
+        self.child = processes.start(
+            [exe, "record", "-p", str(pid), "--nonblocking", "-r", str(rate), "-f", "raw",
+             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.processes.stop(self.child, grace=60)  # SIGINT: py-spy writes its file and exits
+        if self.out.exists():
+            print(summarize(self.out), flush=True)
+
+
+def summarize(path: Path, top: int = 14) -> str:
+    """The frames most samples were in (inclusive) and on top of (self), from collapsed stacks."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [re.sub(r"^(.*?) \((.*?)(:\d+)?\)$", r"\1 (\2)", frame.strip())
+                  for frame in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    if not total:
+        return f"{path.name}: no samples"
+
+    def short(frame: str) -> str:
+        return re.sub(r"/\S*/(site-packages|lib/python3\.\d+|main)/", "", frame)
+
+    lines = [f"{path.name}: {total:,} samples; top inclusive | top self"]
+    best_in = sorted(inclusive.items(), key=lambda item: -item[1])
+    generic = ("threading.py", "runpy>", "asyncio/base_events.py", "asyncio/events.py",
+               "aiohttp/web.py", "relay/cli.py", "relay/server.py", "relay/__main__.py")
+    best_in = [item for item in best_in if not any(name in item[0] for name in generic)][:top]
+    best_self = sorted(own.items(), key=lambda item: -item[1])[:top]
+    for (frame_in, n_in), (frame_self, n_self) in itertools.zip_longest(
+            best_in, best_self, fillvalue=("", 0)):
+        lines.append(f"  {100 * n_in / total:5.1f}% {short(frame_in)[:70]:<70} "
+                     f"{100 * n_self / total:5.1f}% {short(frame_self)[:70]}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- relay
+
+
+@dataclass
+class Relay:
+    child: subprocess.Popen[Any]
+    base: str
+    token: str
+    key: str
+    stderr: Path
+
+    def api(self, name: str, **params: Any) -> dict[str, Any]:
+        answer = http_json(f"{self.base}/api/v1/{name}?{urlencode({'token': self.token, **params})}")
+        if answer.get("err_code") != 0:
+            raise RuntimeError(f"{name} answered {answer}")
+        return answer
+
+    def url(self, name: str, **params: Any) -> str:
+        return f"{self.base}/api/v1/{name}?{urlencode({'token': self.token, **params})}"
+
+    def commands_answered(self, action: str = "camera.start") -> int:
+        """Agent replies the hub has had for ``action`` (timeouts and lost links are not counted)."""
+        text = http_get(self.base + "/metrics").decode()
+        match = re.search(rf'^relay_command_seconds_count{{command="{re.escape(action)}"}}\s+(\S+)',
+                          text, re.M)
+        return int(float(match.group(1))) if match else 0
+
+    def agents_connected(self) -> int:
+        text = http_get(self.base + "/metrics").decode()
+        match = re.search(r"^relay_agents_connected\s+([0-9.e+]+)", text, re.M)
+        return int(float(match.group(1))) if match else -1
+
+    def rss_kb(self) -> int:
+        return proc_status(self.child.pid)["VmRSS"]
+
+    def problems(self) -> tuple[int, int, str]:
+        """(error lines, warning lines, first error or else first warning) the relay logged."""
+        text = self.stderr.read_text(errors="replace")
+        errors = [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line]
+        warnings = [line for line in text.splitlines() if " WARNING " in line]
+        return len(errors), len(warnings), (errors or warnings or [""])[0]
+
+
+def start_relay(processes: Processes, work: Path, name: str, extra: list[str],
+                relay_dir: Path = ROOT) -> Relay:
+    """``relay serve`` on a fresh data dir, run from ``relay_dir`` (``python -m relay`` imports the
+    ``relay`` package there first, so a copy of the tree with other code can be compared)."""
+    data = work / f"{name}-data"
+    key = subprocess.run(
+        [sys.executable, "-m", "relay", "agent-key", "add", "bench", "--data", str(data)],
+        capture_output=True, text=True, timeout=120, cwd=relay_dir, check=True,
+    ).stdout.strip()
+    port = free_port()
+    stderr = work / f"{name}.stderr"
+    child = processes.start(
+        [sys.executable, "-m", "relay", "serve", "--data", str(data),
+         "--listen", f"127.0.0.1:{port}", "--log-level", "warning", *extra],
+        stdout=subprocess.PIPE, stderr=stderr.open("wb"), stdin=subprocess.DEVNULL, cwd=relay_dir,
+    )
+    banner = read_banner(child)
+    drain(child.stdout)
+    credential = re.search(r"API credential:\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(base + "/healthz", child)
+    answer = http_json(f"{base}/api/v1/access_token?unionid={credential}")
+    if answer.get("err_code") != 0:
+        raise RuntimeError(f"access_token answered {answer}")
+    return Relay(child, base, answer["token"], key, stderr)
+
+
+def wait_until(check, timeout: float, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout:.0f}s")
+
+
+def check_transmit(answer: dict[str, Any], what: str) -> None:
+    transmit = answer.get("transmit") or {}
+    if answer.get("err_code") != 0 or transmit.get("err_code") != 0:
+        raise RuntimeError(f"{what} answered {answer}")
+
+
+def still_answers(url: str, what: str) -> str:
+    """After the runs: "" when ``url`` still gets the agent's reply, else what it got instead."""
+    try:
+        check_transmit(http_json(url), what)
+    except (RuntimeError, OSError, ValueError) as exc:
+        return str(exc)[:300]
+    return ""
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+async def _breakdown(data: Path, calls: int) -> list[tuple[str, float]]:
+    """In this process: median µs of the pieces of a start_camera call, on the relay's own code."""
+    from relay.api.auth import authenticate, issue_token
+    from relay.config import load_settings
+    from relay.server import open_services
+
+    class InstantLink:  # an agent link that answers at once (one loop turn), as AgentLink does
+        async def request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
+            await asyncio.sleep(0)
+            return {"err_code": 0, "err_msg": "OK", "data": {}}
+
+    services = await open_services(load_settings({"data": data}, environ={}))
+    try:
+        account = await services.catalogue.accounts.add("bench", "correct horse", is_admin=True)
+        token, _ttl = issue_token(services, account)
+        gather_id = await services.catalogue.gatherers.register("02:ff:00:00:00:01")
+        row = await services.catalogue.cameras.add(
+            gather_id, {"camera_name": "bench", "stream_prop": 1, "stream_mp4": "/x.mp4"})
+        camera_id = row["camera_id"]
+        services.hub.attach(gather_id, InstantLink())  # type: ignore[arg-type]
+
+        async def update() -> None:
+            await services.catalogue.cameras.update(camera_id, {"started": 1})
+
+        async def auth() -> None:
+            await authenticate(services, token)
+
+        async def send() -> None:
+            await services.hub.send(gather_id, "camera.start", {"camera_id": camera_id})
+
+        pieces = [("authenticate, nothing written since the last call", [auth]),
+                  ("authenticate, after a write (as in a run of start_camera)", [update, auth]),
+                  ("catalogue cameras.update(started=1)", [update]),
+                  ("hub.send to an in-process link that answers at once", [send])]
+        results = []
+        for name, steps in pieces:
+            samples = []
+            for number in range(calls + 50):
+                for step in steps[:-1]:
+                    await step()
+                started = time.perf_counter()
+                await steps[-1]()
+                if number >= 50:
+                    samples.append((time.perf_counter() - started) * 1e6)
+            results.append((name, statistics.median(samples)))
+        return results
+    finally:
+        await services.catalogue.close()
+
+
+def breakdown(work: Path, calls: int = 1000) -> str:
+    try:
+        pieces = asyncio.run(_breakdown(work / "breakdown-data", calls))
+    except Exception as exc:  # the relay's internals moved: the rest of the bench still counts
+        return f"(in-process breakdown unavailable: {exc.__class__.__name__}: {exc})"
+    lines = [f"Where a start_camera call's time goes, in-process on the relay's own code "
+             f"(median of {calls:,} calls each, µs):", "",
+             "| piece | µs |", "|---|---:|"]
+    lines += [f"| {name} | {micros:,.0f} |" for name, micros in pieces]
+    return "\n".join(lines)
+
+
+
+def part_commands(args: argparse.Namespace, processes: Processes, work: Path) -> dict[str, Any]:
+    print("== part 1: start_camera round trip, relay vs bare aiohttp WebSocket echo", flush=True)
+    relay = start_relay(processes, work, "relay1", ["--command-timeout", "10"], args.relay_dir)
+    print(f"relay serve PID {relay.child.pid} on {relay.base}", flush=True)
+    fleet = AgentFleet(processes, relay.base.replace("http", "ws") + "/agent", relay.key, 1, 1,
+                       10, 1, 3, work)
+    fleet.target(1)
+    gather_id = wait_until(lambda: fleet.gather_ids.get(0), 30)
+    camera = relay.api("add_camera", camera_name="bench", gather_id=gather_id, stream_prop=1,
+                       stream_mp4="/srv/bench.mp4")
+    check_transmit(camera, "add_camera")
+    camera_id = camera["camera_id"]
+    relay_url = relay.url("start_camera", camera_id=camera_id)
+    check_transmit(http_json(relay_url), "start_camera")
+    print(f"agent PID {fleet.children[0].pid} is gatherer {gather_id}; camera {camera_id}",
+          flush=True)
+
+    echo_port = free_port()
+    echo = processes.start([sys.executable, SCRIPT, "--role", "echo", "--port", str(echo_port)],
+                           stdout=subprocess.DEVNULL,
+                           stderr=(work / "echo.stderr").open("wb"), cwd=ROOT)
+    echo_base = f"http://127.0.0.1:{echo_port}"
+    wait_for_http(echo_base + "/stats", echo)
+    echo_agent = AgentFleet(processes, f"ws://127.0.0.1:{echo_port}/agent", "-", 1, 1, 10, 1, 3,
+                            work)
+    echo_agent.target(1)
+    wait_until(lambda: http_json(echo_base + "/stats")["linked"], 30)
+    echo_url = f"{echo_base}/echo?camera_id={camera_id}"
+    check_transmit(http_json(echo_url), "echo")
+    print(f"echo server PID {echo.pid}, its agent PID {echo_agent.children[0].pid}", flush=True)
+
+    def echo_answered() -> int:
+        return int(http_json(echo_base + "/stats")["answered"])
+
+    targets: list[tuple[Target, Target]] = [
+        (Target(f"echo c={callers}", echo_url, callers, echo_answered),
+         Target(f"relay c={callers}", relay_url, callers, relay.commands_answered))
+        for callers in (1, args.callers)
+    ]
+    if args.warmup > 0:
+        for pair in targets:
+            for target in pair:
+                target.run(processes, args.warmup)
+    for number in range(args.rounds):
+        for pair in targets:
+            # Alternate which of the two goes first, so drift in the machine's load hits both.
+            order = pair if number % 2 == 0 else pair[::-1]
+            for target in order:
+                run = target.run(processes, args.duration)
+                target.runs.append(run)
+                print(f"  round {number + 1}/{args.rounds} {target.name:<12} {run.rps:9,.1f} req/s"
+                      f"  p50 {run.p50_ms:8.2f} ms  p99 {run.p99_ms:8.2f} ms  "
+                      f"({run.requests:,} requests, {run.errors} errors, {run.unanswered} "
+                      f"unanswered)", flush=True)
+    if args.profile:
+        for _echo, relay_target in targets:
+            spy = Spy(processes, relay.child.pid, args.profile / f"relay-c{relay_target.callers}.txt")
+            relay_target.run(processes, args.duration)
+            spy.stop()
+    afterwards = [problem for problem in (still_answers(relay_url, "relay start_camera"),
+                                          still_answers(echo_url, "echo")) if problem]
+    echo_stats = http_json(echo_base + "/stats")
+    relay_errors, relay_warnings, first_error = relay.problems()
+    relay_rss = relay.rss_kb()
+    processes.stop(echo)
+    echo_agent.quit()
+    fleet.quit()
+    processes.stop(relay.child, grace=20)
+    for child in (*echo_agent.children, *fleet.children):
+        processes.stop(child)
+
+    lines = [
+        f"wrk -t1 --latency, {args.duration:g} s per run, {args.rounds} rounds alternating echo "
+        f"and relay, medians of the rounds; nproc {os.cpu_count()}, Python "
+        f"{platform.python_version()}",
+        "",
+        "| target | callers | req/s | p50 ms | p99 ms | requests | errors | unanswered |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pair in targets:
+        for target in pair:
+            lines.append(
+                f"| {target.name.split()[0]} | {target.callers} | {target.median('rps'):,.0f} | "
+                f"{target.median('p50_ms'):.2f} | {target.median('p99_ms'):.2f} | "
+                f"{sum(r.requests for r in target.runs):,} | {sum(r.errors for r in target.runs)} | "
+                f"{sum(r.unanswered for r in target.runs)} |"
+            )
+    lines += [
+        "",
+        "| callers | p50 relay/echo | p99 relay/echo | req/s relay/echo | goal p50 <= 2x |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for echo_target, relay_target in targets:
+        p50 = relay_target.median("p50_ms") / echo_target.median("p50_ms")
+        lines.append(
+            f"| {relay_target.callers} | {p50:.2f} | "
+            f"{relay_target.median('p99_ms') / echo_target.median('p99_ms'):.2f} | "
+            f"{relay_target.median('rps') / echo_target.median('rps'):.2f} | "
+            f"{'met' if p50 <= 2 else 'missed'} |"
+        )
+    lines += ["", "| target | " + " | ".join(f"round {n + 1} p50 ms / req/s"
+                                          for n in range(args.rounds)) + " |",
+              "|---|" + "---:|" * args.rounds]
+    for pair in targets:
+        for target in pair:
+            lines.append(f"| {target.name} | " + " | ".join(
+                f"{run.p50_ms:.2f} / {run.rps:,.0f}" for run in target.runs) + " |")
+    lines += ["", f"echo server: {echo_stats['answered']:,} answered, {echo_stats['timeouts']} "
+              f"timeouts; relay: {relay_errors} error and {relay_warnings} warning log lines, "
+              f"RSS {relay_rss / 1024:.0f} MB at the end"]
+    if first_error:
+        lines.append(f"relay's first error (or warning): {first_error}")
+    lines += [f"after the runs: {problem}" for problem in afterwards]
+    if not args.skip_breakdown:
+        lines += ["", breakdown(work)]
+    print("\n" + "\n".join(lines) + "\n", flush=True)
+    return {
+        "table": "\n".join(lines),
+        "targets": {t.name: [r.__dict__ for r in t.runs] for pair in targets for t in pair},
+        "echo": echo_stats, "relay_errors": relay_errors,
+        "ok": relay_errors == 0 and not afterwards and not any(r.unanswered or r.errors for pair in targets
+                                            for t in pair for r in t.runs),
+    }
+
+
+# --------------------------------------------------------------------------- part 2
+
+
+@dataclass
+class Stage:
+    goal: int
+    connected: int
+    seconds: float
+    rss_kb: int
+    hwm_kb: int
+    cpu: float
+    agents_rss_kb: int
+    note: str = ""
+
+
+def ramp(relay: Relay, fleet: AgentFleet, goal: int, stall: float, deadline: float
+         ) -> tuple[int, float, str]:
+    """Let ``goal`` agents connect; wait until /metrics counts them. (count, seconds, why stopped)."""
+    started = time.monotonic()
+    fleet.target(goal)
+    best, best_at = -1, started
+    while True:
+        time.sleep(0.25)
+        now = time.monotonic()
+        count = relay.agents_connected()
+        if count >= goal:
+            return count, now - started, ""
+        if relay.child.poll() is not None:
+            return count, now - started, f"relay exited with {relay.child.returncode}"
+        if not fleet.alive():
+            return count, now - started, "an agent process exited"
+        totals = fleet.totals()
+        if count > best:
+            best, best_at = count, now
+        settled = totals["attempted"] >= goal and totals["connected"] + totals["failed"] >= goal
+        if settled and totals["failed"] and now - best_at > 3:
+            return count, now - started, f"{totals['failed']} agents failed: {totals['errors'][:1]}"
+        if now - best_at > stall:
+            return count, now - started, f"no progress for {stall:.0f}s: {totals['errors'][:1]}"
+        if now > deadline:
+            return count, now - started, "time limit reached"
+
+
+def part_agents(args: argparse.Namespace, processes: Processes, work: Path) -> dict[str, Any]:
+    print(f"== part 2: {args.agents:,} simulated agents on one relay node", flush=True)
+    limits = raise_nofile(args.agents + 4096)
+    print(f"RLIMIT_NOFILE now {limits[0]} (hard {limits[1]})", flush=True)
+    relay = start_relay(processes, work, "relay2", [], args.relay_dir)
+    time.sleep(1)
+    relay.agents_connected()
+    stages = [Stage(0, relay.agents_connected(), 0.0, relay.rss_kb(),
+                    proc_status(relay.child.pid)["VmHWM"], cpu_seconds(relay.child.pid), 0)]
+    print(f"relay serve PID {relay.child.pid} on {relay.base}, RSS {stages[0].rss_kb / 1024:.1f} MB",
+          flush=True)
+    fleet = AgentFleet(processes, relay.base.replace("http", "ws") + "/agent", relay.key,
+                       args.agents, args.agent_procs, args.connect_rate, args.inflight, 3, work)
+    goals = sorted({g for g in args.milestones if 0 < g < args.agents} | {args.agents})
+    deadline = time.monotonic() + args.connect_limit
+    connect_seconds = 0.0
+    stopped = ""
+    for goal in goals:
+        spy = Spy(processes, relay.child.pid, args.profile / f"connect-to-{goal}.txt") if (
+            args.profile and goal == goals[-1]) else None
+        _count, seconds, stopped = ramp(relay, fleet, goal, args.stall, deadline)
+        if spy:
+            spy.stop()
+        connect_seconds += seconds
+        time.sleep(args.settle)
+        status = proc_status(relay.child.pid)
+        stage = Stage(goal, relay.agents_connected(), connect_seconds, status["VmRSS"],
+                      status["VmHWM"], cpu_seconds(relay.child.pid), fleet.rss_kb(), stopped)
+        stages.append(stage)
+        print(f"  {stage.connected:>6,} / {goal:,} agents after {connect_seconds:6.1f}s connecting: "
+              f"relay RSS {stage.rss_kb / 1024:7.1f} MB, CPU {stage.cpu:6.1f}s; agent processes "
+              f"RSS {stage.agents_rss_kb / 1024:6.1f} MB {stopped}", flush=True)
+        if stopped:
+            break
+    reached = stages[-1].connected
+    reached_at = time.monotonic()
+
+    rtt: list[tuple[str, Run]] = []
+    afterwards = ""
+    add_ms = float("nan")
+    gather_id = fleet.gather_ids.get(0)
+    if reached > 0 and gather_id is not None and relay.child.poll() is None:
+        started = time.perf_counter()
+        camera = relay.api("add_camera", camera_name="bench", gather_id=gather_id, stream_prop=1,
+                           stream_mp4="/srv/bench.mp4")
+        add_ms = (time.perf_counter() - started) * 1000
+        check_transmit(camera, "add_camera")
+        url = relay.url("start_camera", camera_id=camera["camera_id"])
+        check_transmit(http_json(url), "start_camera")
+        for callers in (1, args.callers):
+            run = Target("", url, callers, relay.commands_answered).run(processes,
+                                                                          args.rtt_duration)
+            rtt.append((f"start_camera c={callers}", run))
+            print(f"  with {reached:,} connected: start_camera c={callers}: p50 {run.p50_ms:.2f} ms"
+                  f"  p99 {run.p99_ms:.2f} ms  {run.rps:,.0f} req/s ({run.errors} errors, "
+                  f"{run.unanswered} unanswered)", flush=True)
+        afterwards = still_answers(url, "start_camera")
+    held = 0.0
+    idle_cpu = float("nan")
+    if args.hold > 0 and reached > 0:
+        # The rest of the hold is idle (no API calls): the relay's CPU then is the cost of
+        # keeping the links (heartbeats, key rechecks).
+        spy = Spy(processes, relay.child.pid, args.profile / "idle.txt") if args.profile else None
+        cpu_before, idle_from = cpu_seconds(relay.child.pid), time.monotonic()
+        time.sleep(max(1.0, args.hold - (time.monotonic() - reached_at)))
+        idle_cpu = (cpu_seconds(relay.child.pid) - cpu_before) / (time.monotonic() - idle_from)
+        held = time.monotonic() - reached_at
+        if spy:
+            spy.stop()
+    after = relay.agents_connected() if relay.child.poll() is None else -1
+    after_rss = relay.rss_kb() if relay.child.poll() is None else 0
+    totals = fleet.totals()
+    relay_errors, relay_warnings, first_error = relay.problems()
+    fleet.quit()
+    processes.stop(relay.child, grace=60)
+    for child in fleet.children:
+        processes.stop(child, grace=30)
+
+    full = stages[-1]
+    lines = [
+        f"{args.agents:,} agents over {args.agent_procs} client processes, at most "
+        f"{args.connect_rate:g} connects/s and {args.inflight} handshakes in flight per process; "
+        f"relay RSS from /proc/PID/status, count from /metrics",
+        "",
+        "| agents connected | relay VmRSS MB | per agent KB | relay CPU s | time connecting s |"
+        " agent procs RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = stages[0].rss_kb
+    for stage in stages:
+        per = (stage.rss_kb - base) / stage.connected if stage.connected else float("nan")
+        lines.append(
+            f"| {stage.connected:,} | {stage.rss_kb / 1024:.1f} | "
+            f"{'-' if math.isnan(per) else f'{per:.1f}'} | {stage.cpu:.1f} | {stage.seconds:.1f} | "
+            f"{stage.agents_rss_kb / 1024:.0f} |"
+        )
+    rate = full.connected / full.seconds if full.seconds else 0
+    goal_met = full.connected >= args.agents and full.rss_kb <= args.rss_goal * 1024
+    lines += [
+        "",
+        f"reached {full.connected:,} of {args.agents:,} in {full.seconds:.1f} s of connecting "
+        f"({rate:,.0f}/s); peak RSS (VmHWM) {full.hwm_kb / 1024:.1f} MB; goal {args.agents:,} "
+        f"with RSS <= {args.rss_goal} MB: {'met' if goal_met else 'missed'}"
+        + (f"; stopped: {stopped}" if stopped else ""),
+        f"after holding {held:.0f} s: {after:,} connected, RSS {after_rss / 1024:.1f} MB, relay CPU "
+        f"{100 * idle_cpu:.0f}% of a core while idle; "
+        f"agents report {totals['failed']} failed, {totals['dropped']} dropped, "
+        f"{totals['retries']} retries; relay logged {relay_errors} errors, {relay_warnings} "
+        f"warnings",
+    ]
+    if first_error:
+        lines.append(f"relay's first error (or warning): {first_error}")
+    if afterwards:
+        lines.append(f"after the start_camera runs: {afterwards}")
+    if rtt:
+        lines += [
+            "",
+            f"start_camera with {full.connected:,} agents connected (wrk {args.rtt_duration:g} s;"
+            f" add_camera took {add_ms:.1f} ms):",
+            "",
+            "| target | callers | req/s | p50 ms | p99 ms | requests | errors | unanswered |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, run in rtt:
+            lines.append(f"| {name.split()[0]} | {name.split('=')[1]} | {run.rps:,.0f} | "
+                         f"{run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.requests:,} | {run.errors} | "
+                         f"{run.unanswered} |")
+    print("\n" + "\n".join(lines) + "\n", flush=True)
+    return {
+        "table": "\n".join(lines),
+        "stages": [stage.__dict__ for stage in stages],
+        "rtt": {name: run.__dict__ for name, run in rtt},
+        "after": after,
+        "ok": relay_errors == 0 and not afterwards and not any(run.unanswered or run.errors
+                                                               for _n, run in rtt),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="part 1 rounds (default 3)")
+    parser.add_argument("--duration", type=float, default=8,
+                        help="seconds of wrk per target and round (default 8)")
+    parser.add_argument("--warmup", type=float, default=2,
+                        help="seconds of wrk on each target before measuring (default 2)")
+    parser.add_argument("--callers", type=int, default=200,
+                        help="concurrent callers of the loaded runs (default 200)")
+    parser.add_argument("--agents", type=int, default=10_000, help="part 2 agents (default 10000)")
+    parser.add_argument("--agent-procs", type=int, default=4,
+                        help="client processes the agents are spread over (default 4)")
+    parser.add_argument("--connect-rate", type=float, default=500,
+                        help="new agent connections a second, in all (default 500)")
+    parser.add_argument("--inflight", type=int, default=32,
+                        help="handshakes in flight per client process (default 32)")
+    parser.add_argument("--milestones", type=lambda text: [int(v) for v in text.split(",") if v],
+                        default=[1000, 5000], help="agent counts to stop at and measure "
+                                                   "(default 1000,5000; plus --agents)")
+    parser.add_argument("--settle", type=float, default=2,
+                        help="seconds to wait at each milestone before reading RSS (default 2)")
+    parser.add_argument("--stall", type=float, default=30,
+                        help="give up connecting after this many seconds without progress")
+    parser.add_argument("--connect-limit", type=float, default=300,
+                        help="give up connecting after this many seconds in all (default 300)")
+    parser.add_argument("--rtt-duration", type=float, default=8,
+                        help="seconds of wrk for start_camera with all agents connected")
+    parser.add_argument("--hold", type=float, default=30,
+                        help="seconds to keep all agents connected (> the relay's 20 s "
+                             "heartbeat) before counting again (default 30)")
+    parser.add_argument("--rss-goal", type=float, default=400, help="MB (default 400)")
+    parser.add_argument("--relay-dir", type=Path, default=ROOT,
+                        help="run relay serve from this copy of the project (default: this one)")
+    parser.add_argument("--skip-commands", action="store_true", help="skip part 1")
+    parser.add_argument("--skip-agents", action="store_true", help="skip part 2")
+    parser.add_argument("--skip-breakdown", action="store_true",
+                        help="skip part 1's in-process timing of the pieces of a start_camera")
+    parser.add_argument("--profile", type=Path,
+                        help="also run py-spy (--nonblocking) on the relay during one extra run "
+                             "per caller count in part 1 and with all agents connected in part "
+                             "2; raw collapsed stacks go to this dir")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary dir (data dirs, logs) for a post-mortem")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers to this file")
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    # Child roles (this script runs itself as the simulated agents and the echo server).
+    parser.add_argument("--role", choices=("agent", "echo"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--proc", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--target", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=100, help=argparse.SUPPRESS)
+    parser.add_argument("--attempts", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _child_role(args: argparse.Namespace) -> int:
+    if args.role == "echo":
+        echo_role(args.port)
+        return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(agents_role(args))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.role:
+        return _child_role(args)
+    if min(args.rounds, args.duration, args.callers, args.agents, args.agent_procs,
+           args.connect_rate, args.inflight) <= 0:
+        raise SystemExit("bench: counts, rates and durations must be positive")
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench: wrk is not installed")
+    signal.signal(signal.SIGTERM, _interrupt)
+    processes = Processes()
+    work = Path(tempfile.mkdtemp(prefix="relay-bench-commands-"))
+    results: dict[str, Any] = {"argv": sys.argv, "nproc": os.cpu_count(),
+                               "python": platform.python_version()}
+    started = time.monotonic()
+    try:
+        if not args.skip_commands:
+            results["commands"] = part_commands(args, processes, work)
+        if not args.skip_agents:
+            results["agents"] = part_agents(args, processes, work)
+        print(f"bench finished in {time.monotonic() - started:.0f} s")
+        return 0 if all(part.get("ok", True) for part in results.values()
+                        if isinstance(part, dict)) else 1
+    except KeyboardInterrupt:
+        print("\nbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        for log in sorted(work.glob("*.stderr")):
+            tail = log.read_text(errors="replace")[-1500:]
+            if tail.strip():
+                print(f"--- {log.name} (tail)\n{tail}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let cleanup finish on a second Ctrl-C
+        processes.stop_all()
+        if args.keep:
+            print(f"bench: kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+        if args.markdown:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            args.markdown.write_text("\n\n".join(
+                part["table"] for part in results.values() if isinstance(part, dict)
+                and "table" in part) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
