@@ -121,15 +121,6 @@
     } catch (error) { /* a missed heartbeat is retried at the next tick */ }
   }
 
-  function waitForCandidates(peer, limit) {
-    if (peer.iceGatheringState === "complete") return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => { if (peer.iceGatheringState === "complete") resolve(); };
-      peer.addEventListener("icegatheringstatechange", done);
-      setTimeout(resolve, limit);
-    });
-  }
-
   async function startWebRtc(fallbackAfter) {
     video.dataset.mode = "webrtc";
     const peer = pc = new RTCPeerConnection({ iceServers: [] });
@@ -146,7 +137,8 @@
     }
     try {
       await peer.setLocalDescription(await peer.createOffer());
-      await waitForCandidates(peer, 1500);
+      // No wait for ICE gathering: with no ICE servers the browser gathers only mDNS host
+      // candidates, which the relay drops; it learns this browser's address from its connectivity checks.
       const response = await fetch(url("/webrtc", { session: session }), {
         method: "POST",
         headers: { "Content-Type": "application/json" },
