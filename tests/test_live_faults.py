@@ -1,0 +1,315 @@
+"""Randomized faults on a live system: tabs join, leave and crash, the agent and the relay restart.
+
+Everything is real (``relay serve``, ``relay agent`` pushing a PyAV-made file, one Chromium), with
+the short timings of test_live_browser. A seeded ``random.Random`` picks each cycle's action (the
+seed is printed; ``RELAY_FAULTS_SEED=<n>`` replays one, ``RELAY_FAULTS_CYCLES=<n>`` changes the
+count); short random pauses between actions let them race. The relay restarts at a few random
+cycles only (each costs a start and the pages' recovery); the other actions are drawn each cycle.
+
+Every ten cycles, once things settle, each watched camera must have exactly one push, each open tab
+one viewer session, and every open tab's video must be advancing (a frozen player keeps its session
+all the same). At the end, with every tab closed, nothing may run: zero pushes and zero viewers at
+``/metrics`` within viewer timeout + close-after + a few seconds. Neither the agent's log nor any run
+of the relay may show a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import (
+    AgentProcess,
+    RelayProcess,
+    eventually,
+    free_port,
+    run_relay,
+    start_agent,
+    start_relay,
+    stop_agent,
+    stop_relay,
+)
+from playwright.async_api import Browser, Page, async_playwright
+from test_live_browser import (
+    CHROMIUM_ARGS,
+    CLOSE_AFTER,
+    RELAY_ARGS,
+    VIEWER_TIMEOUT,
+    api,
+    close_tab,
+    embed,
+    metric,
+)
+
+from relay.agent.demo_video import make_demo_video
+
+SEED = int(os.environ.get("RELAY_FAULTS_SEED") or random.SystemRandom().randrange(2**32))
+CYCLES = int(os.environ.get("RELAY_FAULTS_CYCLES") or 100)
+RELAY_RESTARTS = 4  # at random cycles: each costs a relay start and the pages' recovery
+MAX_TABS = 4
+CHECK_EVERY = 10
+#: From a page finding its session gone to it playing again can take the page's 10 s retry (it may
+#: find the agent not yet back after a relay restart), the agent's back-off and a push start.
+SETTLE_TIMEOUT = 60.0
+#: Every tab closed: sessions of killed tabs time out, then their pushes close.
+QUIET_TIMEOUT = VIEWER_TIMEOUT + CLOSE_AFTER + 5
+
+
+class Drain:
+    """Reads a process's stderr as it comes (a full pipe would stall the relay), keeping it."""
+
+    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:  # type: ignore[no-untyped-def]
+        for line in iter(stream.readline, b""):
+            self.lines.append(line.decode(errors="replace"))
+
+    def join(self) -> str:
+        self._thread.join(5)
+        return "".join(self.lines)
+
+
+@dataclass
+class System:
+    """The relay and the agent, each restartable in place (same port, same data, same key)."""
+
+    data: Path
+    agent_dir: Path
+    port: int
+    relay: RelayProcess
+    drain: Drain
+    key: str = ""
+    agent: AgentProcess | None = None
+    token: str = ""
+    cameras: list[int] = field(default_factory=list)
+    relay_logs: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return self.relay.base_url
+
+    def pushes(self) -> float:
+        return metric(self.base, "relay_live_pushes")
+
+    def viewers(self) -> float:
+        return metric(self.base, "relay_live_viewers")
+
+    def play_url(self, camera_id: int, mode: str) -> str:
+        url = api(self.base, "play_camera", token=self.token, camera_id=camera_id, width=320,
+                  height=180)["play_url"]
+        return url + (f"&mode={mode}" if mode else "")
+
+    def start_agent(self) -> None:
+        self.agent = start_agent(self.base, self.key, self.agent_dir)
+
+    def stop_agent(self) -> None:
+        if self.agent is not None:
+            stop_agent(self.agent)
+            self.agent = None
+
+    def restart_agent(self) -> None:
+        self.stop_agent()
+        self.start_agent()
+
+    def stop_relay(self) -> None:
+        tail = stop_relay(self.relay)
+        self.relay_logs.append(self.drain.join() + tail)
+
+    def start_relay(self) -> None:
+        self.relay = start_relay(self.data, *RELAY_ARGS, port=self.port)
+        self.drain = Drain(self.relay.process.stderr)
+
+    def restart_relay(self) -> None:
+        self.stop_relay()
+        self.start_relay()
+
+    def agent_log(self) -> str:
+        return self.agent_dir.with_suffix(".log").read_text(errors="replace") \
+            if self.agent_dir.with_suffix(".log").exists() else ""
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[System]:
+    video = make_demo_video(tmp_path / "cam.mp4", seconds=4)
+    port = free_port()
+    relay = start_relay(tmp_path / "data", *RELAY_ARGS, port=port)
+    live = System(tmp_path / "data", tmp_path / "agent", port, relay, Drain(relay.process.stderr))
+    try:
+        live.key = run_relay("agent-key", "add", "lab", "--data", str(live.data)).stdout.strip()
+        live.start_agent()
+        live.token = api(live.base, "access_token", unionid=relay.credential)["token"]
+        eventually(lambda: api(live.base, "list_gather", token=live.token)["data"])
+        [gatherer] = api(live.base, "list_gather", token=live.token)["data"]
+        live.cameras = [api(live.base, "add_camera", token=live.token, camera_name=f"cam{i}",
+                            gather_id=gatherer["gather_id"], stream_prop=1, stream_mp4=str(video)
+                            )["camera_id"] for i in range(2)]
+        for camera_id in live.cameras:
+            eventually(lambda c=camera_id: api(live.base, "get_camera_status", token=live.token,
+                                               camera_id=c)["status"] == 1)
+        yield live
+    finally:
+        live.stop_agent()
+        live.stop_relay()
+    for number, log in enumerate(live.relay_logs):  # each run of the relay, restarts included
+        assert "Traceback" not in log, f"relay run {number}:\n{log[-6000:]}"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                                   args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@dataclass
+class Tab:
+    page: Page
+    camera_id: int
+    mode: str
+
+
+async def kill_tab(page: Page) -> None:
+    """Crash the tab's renderer (no pagehide, no goodbye), then drop what is left of it."""
+    with contextlib.suppress(Exception):
+        cdp = await page.context.new_cdp_session(page)
+        with contextlib.suppress(Exception):  # the crash also ends the session that sent it
+            await asyncio.wait_for(cdp.send("Page.crash"), 2)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(page.context.close(), 10)
+
+
+async def leave_tab(page: Page) -> None:
+    try:
+        await asyncio.wait_for(close_tab(page), 15)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(page.context.close(), 10)
+
+
+async def video_frames(page: Page) -> tuple[int, str]:
+    """The player's decoded frame count and status line."""
+    frame = next((f for f in page.frames if "/play/live/" in f.url), None)
+    if frame is None:
+        return 0, "no player frame"
+    return tuple(await frame.evaluate("""() => [
+        document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames,
+        (document.getElementById('video').dataset.mode || '') + ' ' +
+            document.getElementById('status').textContent]"""))  # type: ignore[return-value]
+
+
+async def plays(tab: Tab, timeout: float) -> str:
+    """Wait until the tab's video decodes new frames; '' when it does, else what it shows."""
+    deadline = time.monotonic() + timeout
+    first, state = await video_frames(tab.page)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        frames, state = await video_frames(tab.page)
+        if frames >= first + 5:
+            return ""
+    return f"camera {tab.camera_id} {tab.mode or 'webrtc'}: stuck at {first} frames, {state}"
+
+
+def steady(check: Callable[[], bool], hold: float) -> Callable[[], bool]:
+    """``check`` that only passes once it has held for ``hold`` seconds in a row."""
+    since: float | None = None
+
+    def held() -> bool:
+        nonlocal since
+        if not check():
+            since = None
+            return False
+        since = since if since is not None else time.monotonic()
+        return time.monotonic() - since >= hold
+
+    return held
+
+
+async def test_random_faults_end_with_no_push_and_no_viewer(system: System, browser: Browser):
+    print(f"live faults: seed {SEED} (replay with RELAY_FAULTS_SEED={SEED}), {CYCLES} cycles")
+    rng = random.Random(SEED)
+    relay_restarts = set(rng.sample(range(5, max(CYCLES - 3, 6)), min(RELAY_RESTARTS, CYCLES // 8)))
+    tabs: list[Tab] = []
+    history: list[str] = []
+    started = time.monotonic()
+
+    def where() -> str:
+        return (f"seed {SEED}; last actions: {history[-12:]}; "
+                f"tabs {[(t.camera_id, t.mode) for t in tabs]}")
+
+    def counts() -> tuple[float, float]:
+        try:
+            return system.pushes(), system.viewers()
+        except OSError:
+            return -1, -1
+
+    async def settled(timeout: float) -> None:
+        watched = {tab.camera_id for tab in tabs}
+        expected = (len(watched), len(tabs))
+        # Steady for longer than close-after: a push left over from a camera nobody watches would
+        # have ended within that time and broken the count.
+        check = steady(lambda: counts() == expected, CLOSE_AFTER + 1)
+        try:
+            await asyncio.to_thread(eventually, check, timeout, 0.2)
+        except AssertionError:
+            pytest.fail(f"wanted (pushes, viewers) == {expected}, have {counts()}; {where()}")
+        # And every open tab shows live video (a stalled player would hold its session all the same).
+        stuck = [problem for problem in await asyncio.gather(*(plays(tab, 30) for tab in tabs))
+                 if problem]
+        assert not stuck, f"{stuck}; {where()}"
+
+    for cycle in range(CYCLES):
+        choices = {"open": 5 if len(tabs) < MAX_TABS else 0, "close": 3 if tabs else 0,
+                   "kill": 2 if tabs else 0, "agent": 1}
+        action = "relay" if cycle in relay_restarts else \
+            rng.choices(list(choices), weights=list(choices.values()))[0]
+        if action == "open":
+            camera_id = rng.choice(system.cameras)
+            mode = rng.choice(["", "", "mse"])
+            page = await embed(browser, system.play_url(camera_id, mode))
+            tabs.append(Tab(page, camera_id, mode))
+            history.append(f"{cycle}: open camera {camera_id} {mode or 'webrtc'}")
+        elif action in ("close", "kill"):
+            tab = tabs.pop(rng.randrange(len(tabs)))
+            history.append(f"{cycle}: {action} camera {tab.camera_id} {tab.mode or 'webrtc'}")
+            await (leave_tab(tab.page) if action == "close" else kill_tab(tab.page))
+        elif action == "agent":
+            history.append(f"{cycle}: restart the agent")
+            await asyncio.to_thread(system.restart_agent)
+        else:
+            history.append(f"{cycle}: restart the relay")
+            await asyncio.to_thread(system.restart_relay)
+        await asyncio.sleep(rng.uniform(0, 0.3))
+        if cycle % CHECK_EVERY == CHECK_EVERY - 1:
+            await settled(SETTLE_TIMEOUT)
+            history.append(f"{cycle}: settled at {time.monotonic() - started:.0f} s")
+
+    while tabs:
+        await leave_tab(tabs.pop().page)
+    closed = time.monotonic()
+    try:
+        await asyncio.to_thread(eventually, lambda: counts() == (0, 0), QUIET_TIMEOUT, 0.2)
+    except AssertionError:
+        pytest.fail(f"still running (pushes, viewers) = {counts()} {time.monotonic() - closed:.1f} s "
+                    f"after the last tab closed; {where()}")
+    print(f"live faults: {CYCLES} cycles ({sum('restart the relay' in h for h in history)} relay "
+          f"restarts, {sum('restart the agent' in h for h in history)} agent restarts) in "
+          f"{time.monotonic() - started:.0f} s; quiet {time.monotonic() - closed:.1f} s after the "
+          "last tab closed")
+    print("\n".join(history))
+    log = system.agent_log()
+    assert "Traceback" not in log, log[-6000:]
