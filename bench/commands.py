@@ -1,6 +1,10 @@
 """Benchmark agent commands through the relay, and many agents connected to one relay node.
 
-    .venv/bin/python bench/commands.py [--rounds 3] [--duration 10] [--agents 10000] [--skip-agents]
+    .venv/bin/python bench/commands.py [--rounds 3] [--duration 8] [--agents 10000] [--skip-agents]
+
+With the defaults it takes about 5 minutes (2 cores). ``--profile DIR`` adds py-spy profiles of the
+relay; ``--relay-dir COPY`` runs ``relay serve`` from another copy of the project (an A/B of relay
+code with the same bench); ``--keep`` keeps the data dirs and logs.
 
 Part 1, command round trip. A real ``relay serve`` (fresh data dir), one simulated agent (a minimal
 aiohttp WebSocket client in its own process, this script with ``--role agent``) and one camera on
@@ -10,6 +14,10 @@ aiohttp server (``--role echo``) whose GET handler sends the same command as a J
 WebSocket to the same simulated agent code, waits for its reply and answers it as JSON: the same
 shape of work (HTTP in, WS message out, WS reply in, HTTP answer out) without the relay's API,
 catalogue and hub. Baseline and relay alternate for ``--rounds`` rounds; the tables are medians.
+The servers answer HTTP 200 even when the agent did not answer, so each run also counts the agent
+replies the server got (the relay's ``relay_command_seconds_count``, the echo's ``/stats``): a run
+whose requests outnumber them shows "unanswered". Then, in this process, the pieces of a
+start_camera call are timed on the relay's own code (token check, catalogue write, hub.send).
 
 Part 2, many agents. A second fresh ``relay serve`` (open-files limit raised first, so it inherits
 it); ``--agent-procs`` client processes connect ``--agents`` simulated agents in all (a unique
@@ -1138,8 +1146,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="skip part 1's in-process timing of the pieces of a start_camera")
     parser.add_argument("--profile", type=Path,
                         help="also run py-spy (--nonblocking) on the relay during one extra run "
-                             "per caller count in part 1 and with all agents connected in part "
-                             "2; raw collapsed stacks go to this dir")
+                             "per caller count in part 1, and in part 2 while the last stage "
+                             "connects and while all agents idle; raw collapsed stacks go to "
+                             "this dir (and a summary to stdout)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary dir (data dirs, logs) for a post-mortem")
     parser.add_argument("--json", type=Path, help="also write the raw numbers to this file")
