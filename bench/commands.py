@@ -13,11 +13,14 @@ its gatherer; wrk calls ``GET /api/v1/start_camera`` (whose answer carries the a
 aiohttp server (``--role echo``) whose GET handler sends the same command as a JSON message over a
 WebSocket to the same simulated agent code, waits for its reply and answers it as JSON: the same
 shape of work (HTTP in, WS message out, WS reply in, HTTP answer out) without the relay's API,
-catalogue and hub. Baseline and relay alternate for ``--rounds`` rounds; the tables are medians.
+catalogue and hub. The relay is timed twice: ``start_camera`` on a started camera (the desired
+state already says so, so nothing is written), and ``stop_camera``/``start_camera`` alternating
+(every call changes the desired state: a catalogue write each). Echo and the two relay targets
+take turns for ``--rounds`` rounds; the tables are medians.
 The servers answer HTTP 200 even when the agent did not answer, so each run also counts the agent
 replies the server got (the relay's ``relay_command_seconds_count``, the echo's ``/stats``): a run
 whose requests outnumber them shows "unanswered". Then, in this process, the pieces of a
-start_camera call are timed on the relay's own code (token check, catalogue write, hub.send).
+start_camera call are timed on the relay's own code (token check, catalogue, hub.send).
 
 Part 2, many agents. A second fresh ``relay serve`` (open-files limit raised first, so it inherits
 it); ``--agent-procs`` client processes connect ``--agents`` simulated agents in all (a unique
@@ -59,7 +62,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -513,6 +516,7 @@ class Run:
     requests: int
     errors: int
     unanswered: int = 0  # requests whose answer did not carry the agent's reply (see Target)
+    server_cpu_us: float = 0.0  # CPU time the server process spent per request (when known)
 
 
 @dataclass
@@ -524,11 +528,16 @@ class Target:
     url: str
     callers: int
     answered: Any = None
+    script: Path | None = None  # a wrk Lua script choosing each request (see toggle_script)
+    server_pid: int | None = None  # whose CPU time per request to report
     runs: list[Run] = field(default_factory=list)
 
     def run(self, processes: Processes, duration: float) -> Run:
         before = self.answered() if self.answered else 0
-        result = wrk(processes, self.url, duration, self.callers)
+        cpu_before = cpu_seconds(self.server_pid) if self.server_pid else 0.0
+        result = wrk(processes, self.url, duration, self.callers, script=self.script)
+        if self.server_pid and result.requests:
+            result.server_cpu_us = (cpu_seconds(self.server_pid) - cpu_before) / result.requests * 1e6
         if self.answered:
             result.unanswered = max(0, result.requests - (self.answered() - before))
         return result
@@ -567,10 +576,11 @@ def parse_wrk(output: str) -> Run:
                errors)
 
 
-def wrk(processes: Processes, url: str, duration: float, connections: int, threads: int = 1) -> Run:
+def wrk(processes: Processes, url: str, duration: float, connections: int, threads: int = 1,
+        script: Path | None = None) -> Run:
     seconds = max(1, round(duration))
     argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s",
-            "--timeout", "30s", "--latency", url]
+            "--timeout", "30s", "--latency", *(["--script", str(script)] if script else []), url]
     child = processes.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = child.communicate(timeout=seconds + 60)
@@ -587,7 +597,7 @@ def wrk(processes: Processes, url: str, duration: float, connections: int, threa
 class Spy:
     """py-spy recording a process (without pausing it) until stopped; raw collapsed stacks."""
 
-    def __init__(self, processes: Processes, pid: int, out: Path, rate: int = 200) -> None:
+    def __init__(self, processes: Processes, pid: int, out: Path, rate: int = 500) -> None:
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         out.parent.mkdir(parents=True, exist_ok=True)
         self.processes, self.out = processes, out
@@ -756,8 +766,13 @@ async def _breakdown(data: Path, calls: int) -> list[tuple[str, float]]:
         camera_id = row["camera_id"]
         services.hub.attach(gather_id, InstantLink())  # type: ignore[arg-type]
 
-        async def update() -> None:
-            await services.catalogue.cameras.update(camera_id, {"started": 1})
+        turn = itertools.count()
+
+        async def start() -> None:
+            await services.catalogue.cameras.set_started(camera_id, 1)
+
+        async def toggle() -> None:
+            await services.catalogue.cameras.set_started(camera_id, next(turn) % 2)
 
         async def auth() -> None:
             await authenticate(services, token)
@@ -765,9 +780,9 @@ async def _breakdown(data: Path, calls: int) -> list[tuple[str, float]]:
         async def send() -> None:
             await services.hub.send(gather_id, "camera.start", {"camera_id": camera_id})
 
-        pieces = [("authenticate, nothing written since the last call", [auth]),
-                  ("authenticate, after a write (as in a run of start_camera)", [update, auth]),
-                  ("catalogue cameras.update(started=1)", [update]),
+        pieces = [("authenticate (signature, then the token's account looked up)", [auth]),
+                  ("catalogue set_started, camera already started (a lookup)", [start]),
+                  ("catalogue set_started, alternating 1/0 (a lookup and a write)", [toggle]),
                   ("hub.send to an in-process link that answers at once", [send])]
         results = []
         for name, steps in pieces:
@@ -798,6 +813,16 @@ def breakdown(work: Path, calls: int = 1000) -> str:
 
 
 
+def toggle_script(path: Path, first: str, second: str) -> Path:
+    """A wrk script whose requests alternate between two URLs (each thread keeps its own turn)."""
+    paths = [urlsplit(url) for url in (first, second)]
+    lua = ", ".join(json.dumps(f"{part.path}?{part.query}") for part in paths)
+    path.write_text(f"local paths = {{{lua}}}\nlocal n = 0\n"
+                    "request = function()\n  n = n + 1\n"
+                    "  return wrk.format(\"GET\", paths[n % 2 + 1])\nend\n")
+    return path
+
+
 def part_commands(args: argparse.Namespace, processes: Processes, work: Path) -> dict[str, Any]:
     print("== part 1: start_camera round trip, relay vs bare aiohttp WebSocket echo", flush=True)
     relay = start_relay(processes, work, "relay1", ["--command-timeout", "10"], args.relay_dir)
@@ -812,6 +837,8 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
     camera_id = camera["camera_id"]
     relay_url = relay.url("start_camera", camera_id=camera_id)
     check_transmit(http_json(relay_url), "start_camera")
+    toggle = toggle_script(work / "toggle.lua", relay.url("stop_camera", camera_id=camera_id),
+                           relay_url)
     print(f"agent PID {fleet.children[0].pid} is gatherer {gather_id}; camera {camera_id}",
           flush=True)
 
@@ -832,9 +859,17 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
     def echo_answered() -> int:
         return int(http_json(echo_base + "/stats")["answered"])
 
-    targets: list[tuple[Target, Target]] = [
-        (Target(f"echo c={callers}", echo_url, callers, echo_answered),
-         Target(f"relay c={callers}", relay_url, callers, relay.commands_answered))
+    def relay_answered() -> int:
+        return relay.commands_answered("camera.start") + relay.commands_answered("camera.stop")
+
+    # Per callers: the echo, then the relay with start_camera on a started camera (the desired
+    # state already says so: nothing to write), then start/stop alternating (each call writes).
+    targets: list[tuple[Target, ...]] = [
+        (Target(f"echo c={callers}", echo_url, callers, echo_answered, server_pid=echo.pid),
+         Target(f"relay c={callers}", relay_url, callers, relay_answered,
+                server_pid=relay.child.pid),
+         Target(f"start/stop c={callers}", relay_url, callers, relay_answered, toggle,
+                server_pid=relay.child.pid))
         for callers in (1, args.callers)
     ]
     if args.warmup > 0:
@@ -843,20 +878,22 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
                 target.run(processes, args.warmup)
     for number in range(args.rounds):
         for pair in targets:
-            # Alternate which of the two goes first, so drift in the machine's load hits both.
+            # Alternate the order each round, so drift in the machine's load hits all of them.
             order = pair if number % 2 == 0 else pair[::-1]
             for target in order:
                 run = target.run(processes, args.duration)
                 target.runs.append(run)
                 print(f"  round {number + 1}/{args.rounds} {target.name:<12} {run.rps:9,.1f} req/s"
                       f"  p50 {run.p50_ms:8.2f} ms  p99 {run.p99_ms:8.2f} ms  "
-                      f"({run.requests:,} requests, {run.errors} errors, {run.unanswered} "
-                      f"unanswered)", flush=True)
+                      f"server CPU {run.server_cpu_us:4.0f} µs/request  ({run.requests:,} "
+                      f"requests, {run.errors} errors, {run.unanswered} unanswered)", flush=True)
     if args.profile:
-        for _echo, relay_target in targets:
-            spy = Spy(processes, relay.child.pid, args.profile / f"relay-c{relay_target.callers}.txt")
-            relay_target.run(processes, args.duration)
-            spy.stop()
+        for _echo, *relay_targets in targets:
+            for relay_target in relay_targets:
+                name = relay_target.name.replace("/", "-").replace(" ", "-").replace("=", "")
+                spy = Spy(processes, relay.child.pid, args.profile / f"{name}.txt")
+                relay_target.run(processes, args.duration)
+                spy.stop()
     afterwards = [problem for problem in (still_answers(relay_url, "relay start_camera"),
                                           still_answers(echo_url, "echo")) if problem]
     echo_stats = http_json(echo_base + "/stats")
@@ -874,30 +911,34 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
         f"and relay, medians of the rounds; nproc {os.cpu_count()}, Python "
         f"{platform.python_version()}",
         "",
-        "| target | callers | req/s | p50 ms | p99 ms | requests | errors | unanswered |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | callers | req/s | p50 ms | p99 ms | server CPU µs/request | requests | errors "
+        "| unanswered |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for pair in targets:
         for target in pair:
             lines.append(
-                f"| {target.name.split()[0]} | {target.callers} | {target.median('rps'):,.0f} | "
+                f"| {target.name.rsplit(' ', 1)[0]} | {target.callers} | {target.median('rps'):,.0f} | "
                 f"{target.median('p50_ms'):.2f} | {target.median('p99_ms'):.2f} | "
+                f"{target.median('server_cpu_us'):.0f} | "
                 f"{sum(r.requests for r in target.runs):,} | {sum(r.errors for r in target.runs)} | "
                 f"{sum(r.unanswered for r in target.runs)} |"
             )
     lines += [
         "",
-        "| callers | p50 relay/echo | p99 relay/echo | req/s relay/echo | goal p50 <= 2x |",
-        "|---:|---:|---:|---:|---|",
+        "| relay target | callers | p50 relay/echo | p99 relay/echo | req/s relay/echo | "
+        "goal p50 <= 2x |",
+        "|---|---:|---:|---:|---:|---|",
     ]
-    for echo_target, relay_target in targets:
-        p50 = relay_target.median("p50_ms") / echo_target.median("p50_ms")
-        lines.append(
-            f"| {relay_target.callers} | {p50:.2f} | "
-            f"{relay_target.median('p99_ms') / echo_target.median('p99_ms'):.2f} | "
-            f"{relay_target.median('rps') / echo_target.median('rps'):.2f} | "
-            f"{'met' if p50 <= 2 else 'missed'} |"
-        )
+    for echo_target, *relay_targets in targets:
+        for relay_target in relay_targets:
+            p50 = relay_target.median("p50_ms") / echo_target.median("p50_ms")
+            lines.append(
+                f"| {relay_target.name.rsplit(' ', 1)[0]} | {relay_target.callers} | {p50:.2f} | "
+                f"{relay_target.median('p99_ms') / echo_target.median('p99_ms'):.2f} | "
+                f"{relay_target.median('rps') / echo_target.median('rps'):.2f} | "
+                f"{'met' if p50 <= 2 else 'missed'} |"
+            )
     lines += ["", "| target | " + " | ".join(f"round {n + 1} p50 ms / req/s"
                                           for n in range(args.rounds)) + " |",
               "|---|" + "---:|" * args.rounds]

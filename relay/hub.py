@@ -46,6 +46,7 @@ class Hub:
         self.timeout = timeout
         self._metrics = metrics or Metrics()
         self._links: dict[int, AgentLink] = {}
+        self._histograms: dict[str, Any] = {}
 
     def attach(self, gather_id: int, link: AgentLink) -> AgentLink | None:
         """Make ``link`` the gatherer's live link; returns the one it replaces, if any."""
@@ -74,7 +75,8 @@ class Hub:
             return transmit(OFFLINE)
         started = time.monotonic()
         try:
-            answer = await asyncio.wait_for(link.request(action, data), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                answer = await link.request(action, data)
         except TimeoutError:
             log.warning("gatherer %d: %s got no answer within %.1f s", gather_id, action,
                         self.timeout)
@@ -83,7 +85,10 @@ class Hub:
             log.warning("gatherer %d: link lost during %s: %s", gather_id, action, exc)
             return transmit(FAILED)
         elapsed = time.monotonic() - started
-        self._metrics.command_seconds.labels(action).observe(elapsed)
+        histogram = self._histograms.get(action)
+        if histogram is None:  # one child per command, found once (labels() takes a lock)
+            histogram = self._histograms[action] = self._metrics.command_seconds.labels(action)
+        histogram.observe(elapsed)
         log.info("gatherer %d: %s answered %s in %.3f s", gather_id, action,
                  answer.get("err_code"), elapsed)
         return answer

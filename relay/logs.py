@@ -24,6 +24,8 @@ def redact(url: str) -> str:
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):  # skip the redaction work too
+            return
         self.logger.info(
             "%s %s %s %d %.1fms",
             request.remote,

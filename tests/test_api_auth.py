@@ -133,3 +133,17 @@ async def test_secrets_never_reach_the_access_log(api, caplog):
     assert api.credential not in logged
     assert api.token not in logged
 
+
+
+def test_remembered_signatures_still_answer_only_for_their_purpose_and_shape():
+    signer = Signer(b"s" * 32)
+    signed = signer.sign("api-token", 1, 2, "abc")
+    assert signer.verify("api-token", signed, 3) == ["1", "2", "abc"]
+    assert signer.verify("api-token", signed, 3) == ["1", "2", "abc"]  # now from memory
+    assert signer.verify("play-ticket", signed, 3) is None
+    assert signer.verify("api-token", signed, 2) is None
+    assert signer.verify("api-token", signed[:-1] + ("A" if signed[-1] != "A" else "B"), 3) is None
+    for number in range(5000):  # the memory stays bounded and keeps answering right
+        assert signer.verify("api-token", signer.sign("api-token", number), 1) == [str(number)]
+    assert signer.verify("api-token", signed, 3) == ["1", "2", "abc"]
+    assert len(signer._verified) <= 4096

@@ -29,8 +29,11 @@ def json_answer(body: dict[str, Any], status: int = 200) -> web.Response:
     )
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(body: Any) -> str:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(body)
 
 
 async def dispatch(request: web.Request) -> web.Response:

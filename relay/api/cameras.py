@@ -148,11 +148,11 @@ async def get_camera_status(call: Call) -> dict[str, Any]:
 async def _set_started(call: Call, started: int) -> dict[str, Any]:
     camera_id = call.params.ident("camera_id")
     try:
-        row = await call.services.catalogue.cameras.update(camera_id, {"started": started})
+        gather_id = await call.services.catalogue.cameras.set_started(camera_id, started)
     except NotFound as exc:
         raise ApiError(Code.NO_ID, "camera_id") from exc
     action = protocol.CAMERA_START if started else protocol.CAMERA_STOP
-    transmit = await call.services.hub.send(row["gather_id"], action, {"camera_id": camera_id})
+    transmit = await call.services.hub.send(gather_id, action, {"camera_id": camera_id})
     return {"transmit": transmit}
 
 

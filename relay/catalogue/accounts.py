@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import passwords
@@ -16,6 +17,12 @@ from .errors import AlreadyExists, NotFound
 from .schema import accounts, sessions
 
 CREDENTIAL_PATTERN = re.compile(r"[A-Za-z0-9_-]{32}")
+
+#: How long ``by_id`` (every API call's token check) may answer from memory. This process's own
+#: account changes clear the memory at once; another process's (``relay user`` against a running
+#: server, another relay node) take effect within this time.
+MEMO_SECONDS = 1.0
+MEMO_SIZE = 1024
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
@@ -40,6 +47,17 @@ def _account(row) -> Account:  # type: ignore[no-untyped-def]
     return Account(row.account_id, row.name, bool(row.is_admin), row.credential)
 
 
+def _account_of(rows: list[dict]) -> Account | None:
+    if not rows:
+        return None
+    row = rows[0]
+    return Account(row["account_id"], row["name"], bool(row["is_admin"]), row["credential"])
+
+
+_BY_ID = select(accounts).where(accounts.c.account_id == bindparam("account_id"))
+_BY_CREDENTIAL = select(accounts).where(accounts.c.credential == bindparam("credential"))
+
+
 def _session_hash(session_token: str) -> str:
     return hashlib.sha256(session_token.encode()).hexdigest()
 
@@ -48,6 +66,7 @@ class Accounts:
     def __init__(self, db: Database, clock) -> None:  # type: ignore[no-untyped-def]
         self._db = db
         self._clock = clock
+        self._memo: dict[int, tuple[float, Account]] = {}
 
     async def add(self, name: str, password: str, is_admin: bool) -> Account:
         if not NAME_PATTERN.fullmatch(name):
@@ -87,20 +106,22 @@ class Accounts:
         return _account(row) if row else None
 
     async def by_id(self, account_id: int) -> Account | None:
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(select(accounts).where(accounts.c.account_id == account_id))
-            ).first()
-        return _account(row) if row else None
+        """Every API call's token check reads this: answered from memory for ``MEMO_SECONDS``."""
+        now = time.monotonic()
+        remembered = self._memo.get(account_id)
+        if remembered is not None and now - remembered[0] < MEMO_SECONDS:
+            return remembered[1]
+        account = _account_of(await self._db.lookup(_BY_ID, account_id=account_id))
+        if account is not None:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[account_id] = (now, account)
+        return account
 
     async def by_credential(self, credential: str) -> Account | None:
         if not CREDENTIAL_PATTERN.fullmatch(credential):
             return None
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(select(accounts).where(accounts.c.credential == credential))
-            ).first()
-        return _account(row) if row else None
+        return _account_of(await self._db.lookup(_BY_CREDENTIAL, credential=credential))
 
     async def check_password(self, name: str, password: str) -> Account | None:
         """The account when ``password`` is right; None otherwise, in the same time either way."""
@@ -111,14 +132,17 @@ class Accounts:
         return _account(row) if row and ok else None
 
     async def _set(self, name: str, **values: object) -> None:
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(accounts)
-                .where(accounts.c.name == name)
-                .values(updated=int(self._clock()), **values)
-            )
-            if result.rowcount == 0:
-                raise NotFound(f"no account named {name!r}")
+        try:
+            async with self._db.write() as conn:
+                result = await conn.execute(
+                    update(accounts)
+                    .where(accounts.c.name == name)
+                    .values(updated=int(self._clock()), **values)
+                )
+                if result.rowcount == 0:
+                    raise NotFound(f"no account named {name!r}")
+        finally:
+            self._memo.clear()  # after the commit: nothing read before it survives
 
     async def rotate(self, name: str) -> str:
         """Issue a new credential; every token of the old one stops working."""

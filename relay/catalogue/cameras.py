@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, bindparam, delete, func, select, update
 
 from .database import Database
 from .errors import NotFound
@@ -50,6 +50,18 @@ def _listing() -> Select:
     )
 
 
+_ONE = _listing().where(cameras.c.camera_id == bindparam("camera_id"))
+_STARTED = select(cameras.c.gather_id, cameras.c.started).where(
+    cameras.c.camera_id == bindparam("camera_id")
+)
+
+_SET_STARTED = (  # (an UPDATE's bindparams must not be named after columns)
+    update(cameras)
+    .where(cameras.c.camera_id == bindparam("which"))
+    .values(started=bindparam("to_start"), updated=bindparam("now"))
+)
+
+
 class Cameras:
     def __init__(self, db: Database, clock) -> None:  # type: ignore[no-untyped-def]
         self._db = db
@@ -63,11 +75,10 @@ class Cameras:
                                     count)
 
     async def get(self, camera_id: int) -> dict[str, Any]:
-        async with self._db.read() as conn:
-            row = (await conn.execute(_listing().where(cameras.c.camera_id == camera_id))).first()
-        if row is None:
+        rows = await self._db.lookup(_ONE, camera_id=camera_id)
+        if not rows:
             raise NotFound(f"no camera {camera_id}", [camera_id])
-        return dict(row._mapping)
+        return rows[0]
 
     async def of_gatherer(self, gather_id: int) -> list[dict[str, Any]]:
         async with self._db.read() as conn:
@@ -119,6 +130,23 @@ class Cameras:
             )
             row = (await conn.execute(_listing().where(cameras.c.camera_id == camera_id))).one()
         return dict(row._mapping)
+
+    async def set_started(self, camera_id: int, started: int) -> int:
+        """Record whether the camera should run; returns its ``gather_id`` (for the command).
+
+        Starting a started camera (or stopping a stopped one) writes nothing: the desired state
+        already says so, and the command still goes to the agent.
+        """
+        rows = await self._db.lookup(_STARTED, camera_id=camera_id)
+        if not rows:
+            raise NotFound(f"no camera {camera_id}", [camera_id])
+        if rows[0]["started"] != started:
+            changed = await self._db.write_one(
+                _SET_STARTED, which=camera_id, to_start=started, now=int(self._clock())
+            )
+            if not changed:  # deleted since the lookup
+                raise NotFound(f"no camera {camera_id}", [camera_id])
+        return rows[0]["gather_id"]
 
     async def set_status(self, gather_id: int, camera_id: int, status: int) -> bool:
         """The agent's report: -1 reset, 0 offline, 1 online. Only for its own gatherer's cameras;

@@ -2,21 +2,28 @@
 
 SQLite runs in WAL mode with foreign keys on; write transactions start with ``BEGIN IMMEDIATE`` so two
 writers (say the server and a ``relay user`` command) queue on the lock instead of failing on upgrade.
+
+Point reads and one-statement writes on the request path (a token's account, a camera's started
+flag) go through ``lookup`` and ``write_one``: on SQLite they run in the event loop's own thread
+when they can do so without waiting (``inline.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import Executable, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .inline import InlineSQLite
 from .schema import MIGRATIONS, SCHEMA_VERSION, meta, metadata
 
 log = logging.getLogger(__name__)
@@ -40,18 +47,21 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode:  # "" for statements that must run outside a transaction (a checkpoint)
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 class Database:
     """Owns the engine. ``write()`` and ``read()`` yield connections inside one transaction."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, sqlite_path: str | None = None) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._writer = (
             engine.execution_options(sqlite_begin="IMMEDIATE") if self.dialect == "sqlite" else engine
         )
+        self._inline = InlineSQLite(sqlite_path, engine.dialect) if sqlite_path else None
+        self._checkpoint: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str) -> Database:
@@ -59,9 +69,12 @@ class Database:
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+        sqlite_path = None
         if parsed.get_backend_name() == "sqlite":
             _tune_sqlite(engine)
-        database = cls(engine)
+            if parsed.database and parsed.database != ":memory:" and not parsed.query:
+                sqlite_path = parsed.database
+        database = cls(engine, sqlite_path)
         try:
             await database._migrate()
         except SQLAlchemyError as exc:
@@ -73,7 +86,49 @@ class Database:
         return database
 
     async def close(self) -> None:
+        if self._checkpoint is not None:
+            await self._checkpoint
+        if self._inline is not None:
+            self._inline.close()
         await self.engine.dispose()
+
+    async def lookup(self, statement: Executable, **params: Any) -> list[dict[str, Any]]:
+        """The rows of a small read: by primary key or unique index, never a scan.
+
+        On a SQLite file it runs inline (``inline.py``), else through the engine. ``statement``
+        should be built once (a module constant with ``bindparam``s): its compiled form is cached
+        by identity. Values come back as the driver gives them, which for this schema's Integer and
+        String columns is what the engine gives.
+        """
+        rows = self._inline.fetch(statement, params) if self._inline else None
+        if rows is None:
+            async with self.read() as conn:
+                rows = [dict(row._mapping) for row in await conn.execute(statement, params)]
+        return rows
+
+    async def write_one(self, statement: Executable, **params: Any) -> int:
+        """Run one INSERT, UPDATE or DELETE as a transaction of its own; the rows it changed.
+
+        On a SQLite file it runs inline when the write lock is free at once, else through the
+        engine (which waits for the lock). Same rules for ``statement`` as ``lookup``.
+        """
+        changed = self._inline.execute(statement, params) if self._inline else None
+        if changed is None:
+            async with self.write() as conn:
+                return (await conn.execute(statement, params)).rowcount
+        if self._inline and self._inline.checkpoint_due() and self._checkpoint is None:
+            self._checkpoint = asyncio.create_task(self._run_checkpoint())
+        return changed
+
+    async def _run_checkpoint(self) -> None:
+        """Copy the WAL into the database file from the engine's thread, not the event loop's."""
+        try:
+            async with self.engine.execution_options(sqlite_begin="").connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except SQLAlchemyError as exc:
+            log.warning("WAL checkpoint failed: %s", exc.__class__.__name__)
+        finally:
+            self._checkpoint = None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
