@@ -16,6 +16,7 @@ import pytest
 from relay.catalogue import Catalogue, NotFound
 from relay.catalogue import accounts as accounts_module
 from relay.catalogue.accounts import _BY_CREDENTIAL, _BY_ID
+from relay.catalogue.agent_keys import _BY_HASH, _REVOKED, digest
 from relay.catalogue.cameras import _ONE, _STARTED
 from relay.catalogue.inline import CHECKPOINT_EVERY
 
@@ -38,6 +39,7 @@ async def test_lookups_answer_as_the_engine_does(catalogue: Catalogue) -> None:
     account = await catalogue.accounts.add("ann", "a long password", is_admin=True)
     camera = await _camera(catalogue)
     await catalogue.cameras.add_snapshot(camera["camera_id"], "snapshots/1.jpg")
+    key = await catalogue.agent_keys.add("site-1")
     db = catalogue.db
     for statement, params in [
         (_BY_ID, {"account_id": account.account_id}),
@@ -45,6 +47,8 @@ async def test_lookups_answer_as_the_engine_does(catalogue: Catalogue) -> None:
         (_ONE, {"camera_id": camera["camera_id"]}),
         (_STARTED, {"camera_id": camera["camera_id"]}),
         (_ONE, {"camera_id": 999}),
+        (_BY_HASH, {"key_hash": digest(key)}),
+        (_REVOKED, {"key_id": 1}),
     ]:
         inline = db._inline.fetch(statement, params)
         async with db.read() as conn:

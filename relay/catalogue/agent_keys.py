@@ -11,7 +11,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .database import Database
@@ -20,6 +20,9 @@ from .schema import agent_keys
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 PREFIX = "rk_"
+
+_BY_HASH = select(agent_keys).where(agent_keys.c.key_hash == bindparam("key_hash"))
+_REVOKED = select(agent_keys.c.revoked).where(agent_keys.c.key_id == bindparam("key_id"))
 
 
 @dataclass(frozen=True)
@@ -74,17 +77,12 @@ class AgentKeys:
         """The key's record when ``key`` is a valid, unrevoked key; None otherwise."""
         if not key.startswith(PREFIX) or len(key) > 128:
             return None
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(select(agent_keys).where(agent_keys.c.key_hash == digest(key)))
-            ).first()
-        if row is None or row.revoked:
+        rows = await self._db.lookup(_BY_HASH, key_hash=digest(key))  # every agent login
+        if not rows or rows[0]["revoked"]:
             return None
-        return AgentKey(row.key_id, row.name, False, row.created)
+        row = rows[0]
+        return AgentKey(row["key_id"], row["name"], False, row["created"])
 
     async def is_valid(self, key_id: int) -> bool:
-        async with self._db.read() as conn:
-            revoked = (
-                await conn.execute(select(agent_keys.c.revoked).where(agent_keys.c.key_id == key_id))
-            ).scalar()
-        return revoked == 0
+        rows = await self._db.lookup(_REVOKED, key_id=key_id)
+        return bool(rows) and rows[0]["revoked"] == 0
