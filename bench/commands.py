@@ -888,12 +888,11 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
                       f"server CPU {run.server_cpu_us:4.0f} µs/request  ({run.requests:,} "
                       f"requests, {run.errors} errors, {run.unanswered} unanswered)", flush=True)
     if args.profile:
-        for _echo, *relay_targets in targets:
-            for relay_target in relay_targets:
-                name = relay_target.name.replace("/", "-").replace(" ", "-").replace("=", "")
-                spy = Spy(processes, relay.child.pid, args.profile / f"{name}.txt")
-                relay_target.run(processes, args.duration)
-                spy.stop()
+        for target in itertools.chain.from_iterable(targets):
+            name = target.name.replace("/", "-").replace(" ", "-").replace("=", "")
+            spy = Spy(processes, target.server_pid, args.profile / f"{name}.txt")
+            target.run(processes, args.duration)
+            spy.stop()
     afterwards = [problem for problem in (still_answers(relay_url, "relay start_camera"),
                                           still_answers(echo_url, "echo")) if problem]
     echo_stats = http_json(echo_base + "/stats")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import sys
@@ -117,6 +118,9 @@ def serve(settings: Settings, demo: bool = False) -> None:
             from .demo import attach_demo_agent
 
             attach_demo_agent(app)
+        # Everything loaded so far (modules, the app) lives as long as the process: keep it out of
+        # the garbage collector's full passes, which otherwise walk it all and stall requests.
+        gc.freeze()
         return app
 
     web.run_app(
