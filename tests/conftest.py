@@ -3,6 +3,7 @@
 ``api`` runs the real application in this process on a real socket, over a real SQLite file in a
 temporary data dir, with a clock the test can move (token expiry is tested without sleeping).
 ``relay_server`` starts a real ``relay serve`` process for tests that need the command itself.
+``browser`` is the headless Chromium of the live-video tests (see live_system.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from playwright.async_api import Browser, async_playwright
 
 from relay.config import load_settings
 from relay.logs import AccessLogger
@@ -29,6 +31,10 @@ from relay.server import build_app, open_services
 from relay.services import Services
 
 RELAY = [sys.executable, "-m", "relay"]
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--allow-loopback-in-peer-connection",
+                 "--autoplay-policy=no-user-gesture-required"]
 
 
 class Clock:
@@ -195,6 +201,18 @@ def relay_server(tmp_path: Path) -> Iterator[RelayProcess]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """One Chromium per test (test_admin_browser.py has its own, with its own flags)."""
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                                   args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
 
 
 def run_relay(*args: str, env: dict[str, str] | None = None, check: bool = True

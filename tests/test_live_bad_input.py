@@ -13,30 +13,15 @@ import asyncio
 import contextlib
 import itertools
 import json
-import re
-import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import av
 import pytest
 from aiortc import RTCPeerConnection
-from conftest import (
-    AgentProcess,
-    RelayProcess,
-    eventually,
-    free_port,
-    run_relay,
-    start_agent,
-    start_relay,
-    stop_agent,
-    stop_relay,
-)
-from test_live_browser import CLOSE_AFTER, RELAY_ARGS, VIEWER_TIMEOUT, api, metric
+from conftest import eventually, free_port
+from live_system import CLOSE_AFTER, VIEWER_TIMEOUT, LiveSystem, api
 
 from relay.agent.demo_video import make_demo_video
 from relay.agent.push import Clock90, Passthrough
@@ -44,7 +29,6 @@ from relay.link import protocol
 from relay.live.feed import LiveFeed
 from relay.live.mse import MseFeed
 from relay.live.webrtc import ICE_DEADLINE
-from relay.signing import Signer
 from relay.tickets import issue_ticket
 
 #: How long a session nobody heartbeats (then its push) takes to go, with some slack for a busy box.
@@ -52,91 +36,12 @@ VIEWER_GONE = VIEWER_TIMEOUT + 3
 PUSH_GONE = VIEWER_TIMEOUT + CLOSE_AFTER + 4
 
 
-class Drain:
-    """Reads a process's stderr as it comes (the pipe must not fill up), keeping the lines."""
-
-    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream) -> None:  # type: ignore[no-untyped-def]
-        for line in iter(stream.readline, b""):
-            self.lines.append(line.decode(errors="replace"))
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def join(self) -> None:
-        self._thread.join(5)
-
-
-@dataclass
-class System:
-    relay: RelayProcess
-    relay_log: Drain
-    agent: AgentProcess
-    key: str
-    token: str
-    cameras: list[int]
-    tail: list[str] = field(default_factory=list)
-
-    @property
-    def base(self) -> str:
-        return self.relay.base_url
-
-    def ticket(self, camera_id: int) -> str:
-        url = api(self.base, "play_camera", token=self.token, camera_id=camera_id)["play_url"]
-        return parse_qs(urlsplit(url).query)["ticket"][0]
-
-    def pushes(self) -> float:
-        return metric(self.base, "relay_live_pushes")
-
-    def viewers(self) -> float:
-        return metric(self.base, "relay_live_viewers")
-
-    def idle(self) -> bool:
-        return self.pushes() == 0 and self.viewers() == 0
-
-    def signer(self) -> Signer:
-        """The relay's own signing key (it lives in the catalogue), to forge an expired ticket."""
-        with contextlib.closing(sqlite3.connect(self.relay.data / "relay.sqlite3")) as db:
-            [(value,)] = db.execute("SELECT value FROM meta WHERE key = 'signing_key'").fetchall()
-        return Signer(bytes.fromhex(value))
-
-    def pushes_started(self, camera_id: int) -> list[str]:
-        """The push ids the agent started for ``camera_id``, oldest first (from its log)."""
-        return re.findall(rf"camera {camera_id}: push (\S+) started", self.agent.log())
-
-
 @pytest.fixture(scope="module")
-def system(tmp_path_factory) -> Iterator[System]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("live-bad")
-    video = make_demo_video(tmp / "cam.mp4", seconds=4)
-    relay = start_relay(tmp / "data", *RELAY_ARGS)
-    relay_log = Drain(relay.process.stderr)
-    agent = None
-    try:
-        key = run_relay("agent-key", "add", "lab", "--data", str(tmp / "data")).stdout.strip()
-        agent = start_agent(relay.base_url, key, tmp / "agent")
-        token = api(relay.base_url, "access_token", unionid=relay.credential)["token"]
-        eventually(lambda: api(relay.base_url, "list_gather", token=token)["data"])
-        [gatherer] = api(relay.base_url, "list_gather", token=token)["data"]
-        cameras = [api(relay.base_url, "add_camera", token=token, camera_name=f"cam{i}",
-                       gather_id=gatherer["gather_id"], stream_prop=1, stream_mp4=str(video)
-                       )["camera_id"] for i in range(2)]
-        for camera_id in cameras:
-            eventually(lambda c=camera_id: api(relay.base_url, "get_camera_status", token=token,
-                                               camera_id=c)["status"] == 1)
-        live = System(relay, relay_log, agent, key, token, cameras)
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSystem]:
+    with LiveSystem.running(tmp_path_factory.mktemp("live-bad")) as live:
         yield live
-        assert "Traceback" not in agent.log(), agent.log()[-4000:]
-    finally:
-        if agent is not None:
-            stop_agent(agent)
-        tail = stop_relay(relay)
-        relay_log.join()
-    log = relay_log.text() + tail
+        assert "Traceback" not in live.agent_log(), live.agent_log()[-4000:]
+    log = "".join(live.relay_logs)
     # Bad input is refused, never a bug: no internal error, no stray exception in the relay.
     assert "Traceback" not in log and "internal error" not in log, log[-6000:]
 
@@ -147,7 +52,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def open_session(http: aiohttp.ClientSession, system: System, camera_id: int) -> str:
+async def open_session(http: aiohttp.ClientSession, system: LiveSystem, camera_id: int) -> str:
     async with http.post(f"{system.base}/play/live/{camera_id}/session",
                          params={"ticket": system.ticket(camera_id)}) as response:
         body = await response.json()
@@ -155,7 +60,7 @@ async def open_session(http: aiohttp.ClientSession, system: System, camera_id: i
     return body["session"]
 
 
-async def call(http: aiohttp.ClientSession, system: System, camera_id: int, what: str,
+async def call(http: aiohttp.ClientSession, system: LiveSystem, camera_id: int, what: str,
                session: str, **kwargs) -> tuple[int, str, dict | None]:  # type: ignore[no-untyped-def, type-arg]
     """POST to a live endpoint: status, content type and the JSON body (None when not JSON)."""
     async with http.post(f"{system.base}/play/live/{camera_id}/{what}", params={"session": session},
@@ -165,7 +70,7 @@ async def call(http: aiohttp.ClientSession, system: System, camera_id: int, what
 
 
 @contextlib.asynccontextmanager
-async def heartbeats(http: aiohttp.ClientSession, system: System, camera_id: int, session: str,
+async def heartbeats(http: aiohttp.ClientSession, system: LiveSystem, camera_id: int, session: str,
                      ended: asyncio.Event | None = None) -> AsyncIterator[None]:
     """Keep a session alive as the page does (every second) while the block runs; ``ended`` is set
     when the relay answers 404 (the session is gone)."""
@@ -193,7 +98,7 @@ async def until(check, timeout: float = 15.0) -> None:  # type: ignore[no-untype
     await asyncio.to_thread(eventually, check, timeout)
 
 
-async def settle(system: System) -> None:
+async def settle(system: LiveSystem) -> None:
     """No viewer left, then no push: what every test ends with (and starts from)."""
     await until(lambda: system.viewers() == 0, timeout=VIEWER_GONE)
     await until(lambda: system.pushes() == 0, timeout=PUSH_GONE)
@@ -221,7 +126,7 @@ GARBAGE_OFFERS = {
 }
 
 
-async def test_bad_offers_are_400_json_and_leak_nothing(system: System, http: aiohttp.ClientSession):
+async def test_bad_offers_are_400_json_and_leak_nothing(system: LiveSystem, http: aiohttp.ClientSession):
     await settle(system)
     camera_id = system.cameras[0]
     session = await open_session(http, system, camera_id)
@@ -237,7 +142,7 @@ async def test_bad_offers_are_400_json_and_leak_nothing(system: System, http: ai
     await settle(system)
 
 
-async def test_unknown_and_foreign_sessions_are_404(system: System, http: aiohttp.ClientSession):
+async def test_unknown_and_foreign_sessions_are_404(system: LiveSystem, http: aiohttp.ClientSession):
     await settle(system)
     mine, other = system.cameras
     session = await open_session(http, system, mine)
@@ -270,7 +175,7 @@ async def test_unknown_and_foreign_sessions_are_404(system: System, http: aiohtt
     await until(lambda: system.pushes() == 0, timeout=CLOSE_AFTER + 4)
 
 
-async def test_bad_tickets_are_403_json(system: System, http: aiohttp.ClientSession):
+async def test_bad_tickets_are_403_json(system: LiveSystem, http: aiohttp.ClientSession):
     await settle(system)
     camera_id, other = system.cameras
     good = system.ticket(camera_id)
@@ -303,7 +208,7 @@ async def test_bad_tickets_are_403_json(system: System, http: aiohttp.ClientSess
     assert system.idle()
 
 
-async def test_agent_media_refuses_bad_keys_pushes_and_frames(system: System,
+async def test_agent_media_refuses_bad_keys_pushes_and_frames(system: LiveSystem,
                                                               http: aiohttp.ClientSession):
     await settle(system)
     camera_id = system.cameras[0]
@@ -354,10 +259,10 @@ async def test_agent_media_refuses_bad_keys_pushes_and_frames(system: System,
             await http.ws_connect(f"{media}?camera_id=999999&push_id={push_id}", headers=auth)
         assert refused.value.status == 409
     await settle(system)
-    assert "Traceback" not in system.agent.log()
+    assert "Traceback" not in system.agent_log()
 
 
-async def test_an_offer_whose_session_ends_on_the_way_is_404(system: System,
+async def test_an_offer_whose_session_ends_on_the_way_is_404(system: LiveSystem,
                                                              http: aiohttp.ClientSession):
     """The session says goodbye while its offer is still arriving: no connection is made for a
     session that no longer exists."""
@@ -406,7 +311,7 @@ def unreachable(sdp: str) -> str:
     return "\r\n".join(out) + "\r\n"
 
 
-async def test_an_offer_that_never_connects_ends_its_session(system: System,
+async def test_an_offer_that_never_connects_ends_its_session(system: LiveSystem,
                                                               http: aiohttp.ClientSession):
     """A real aiortc offer (recvonly video) whose ICE never completes: the relay drops the
     connection by its ICE deadline, and with it the session, although the session still beats."""
@@ -434,7 +339,7 @@ async def test_an_offer_that_never_connects_ends_its_session(system: System,
         system.relay_log.text()
 
 
-async def test_an_offline_camera_refuses_sessions_with_409(system: System,
+async def test_an_offline_camera_refuses_sessions_with_409(system: LiveSystem,
                                                            http: aiohttp.ClientSession):
     await settle(system)
     camera_id = system.cameras[1]

@@ -8,111 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
 import time
-import urllib.request
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
-from conftest import eventually, run_relay, start_agent, start_relay, stop_agent, stop_relay
-from playwright.async_api import Browser, Page, async_playwright
-
-from relay.agent.demo_video import make_demo_video
-
-CLOSE_AFTER, VIEWER_TIMEOUT = 2.0, 4.0
-RELAY_ARGS = ("--ice-addresses", "127.0.0.1", "--live-close-after", str(CLOSE_AFTER),
-              "--live-viewer-timeout", str(VIEWER_TIMEOUT), "--live-heartbeat", "1",
-              "--live-reconcile", "1", "--webrtc-fallback-after", "6")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--allow-loopback-in-peer-connection",
-                 "--autoplay-policy=no-user-gesture-required"]
-
-
-def api(base: str, name: str, **params) -> dict:  # type: ignore[no-untyped-def, type-arg]
-    with urllib.request.urlopen(f"{base}/api/v1/{name}?{urlencode(params)}", timeout=30) as answer:
-        return json.load(answer)
-
-
-def metric(base: str, name: str) -> float:
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
-        match = re.search(rf"^{name} (\S+)$", response.read().decode(), re.M)
-    return float(match.group(1)) if match else 0.0
-
-
-@dataclass
-class Live:
-    base: str
-    token: str
-    cameras: list[int]
-
-    def play_url(self, camera_id: int, **extra: str) -> str:
-        url = api(self.base, "play_camera", token=self.token, camera_id=camera_id, width=640,
-                  height=360)["play_url"]
-        return url + "".join(f"&{key}={value}" for key, value in extra.items())
-
-    def pushes(self) -> float:
-        return metric(self.base, "relay_live_pushes")
-
-    def viewers(self) -> float:
-        return metric(self.base, "relay_live_viewers")
+from conftest import eventually
+from live_system import CLOSE_AFTER, VIEWER_TIMEOUT, LiveSystem, close_tab, embed
+from playwright.async_api import Browser, Page
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory) -> AsyncIterator[Live]:  # type: ignore[misc]
-    tmp = tmp_path_factory.mktemp("live")
-    video = make_demo_video(tmp / "cam.mp4", seconds=4)
-    relay = start_relay(tmp / "data", *RELAY_ARGS)
-    agent = None
-    try:
-        key = run_relay("agent-key", "add", "lab", "--data", str(tmp / "data")).stdout.strip()
-        agent = start_agent(relay.base_url, key, tmp / "agent")
-        token = api(relay.base_url, "access_token", unionid=relay.credential)["token"]
-        eventually(lambda: api(relay.base_url, "list_gather", token=token)["data"])
-        [gatherer] = api(relay.base_url, "list_gather", token=token)["data"]
-        cameras = [api(relay.base_url, "add_camera", token=token, camera_name=f"cam{i}",
-                       gather_id=gatherer["gather_id"], stream_prop=1, stream_mp4=str(video)
-                       )["camera_id"] for i in range(2)]
-        for camera_id in cameras:
-            eventually(lambda c=camera_id: api(relay.base_url, "get_camera_status", token=token,
-                                               camera_id=c)["status"] == 1)
-        yield Live(relay.base_url, token, cameras)
-    finally:
-        if agent is not None:
-            stop_agent(agent)
-        stop_relay(relay)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                                   args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-async def embed(browser: Browser, play_url: str) -> Page:
-    """A page of another origin that embeds ``play_url`` in an iframe and records its messages."""
-    page = await browser.new_page()
-    await page.set_content(
-        "<script>window.events = []; addEventListener('message', e => events.push(e.data));</script>"
-        f"<iframe id=player src='{play_url}' width=660 height=380 allow='autoplay'></iframe>"
-    )
-    return page
-
-
-async def close_tab(page: Page) -> None:
-    """Close a tab the way a user does: its documents unload (pagehide fires), then it goes.
-    (Playwright's ``page.close()`` alone removes the tab without unloading it.)"""
-    await page.goto("about:blank")
-    await page.close()
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSystem]:
+    with LiveSystem.running(tmp_path_factory.mktemp("live")) as system:
+        yield system
 
 
 async def decoded(page: Page, timeout: float = 20) -> dict:  # type: ignore[type-arg]
@@ -134,7 +43,7 @@ async def decoded(page: Page, timeout: float = 20) -> dict:  # type: ignore[type
     raise AssertionError(f"no decoded frames: {state}")
 
 
-async def test_webrtc_in_an_iframe_decodes_the_camera(live: Live, browser: Browser):
+async def test_webrtc_in_an_iframe_decodes_the_camera(live: LiveSystem, browser: Browser):
     page = await embed(browser, live.play_url(live.cameras[0]))
     state = await decoded(page)
     assert (state["width"], state["height"]) == (640, 360)
@@ -145,7 +54,7 @@ async def test_webrtc_in_an_iframe_decodes_the_camera(live: Live, browser: Brows
     eventually(lambda: live.pushes() == 0, timeout=CLOSE_AFTER + 5)
 
 
-async def test_mse_mode_decodes_too(live: Live, browser: Browser):
+async def test_mse_mode_decodes_too(live: LiveSystem, browser: Browser):
     page = await embed(browser, live.play_url(live.cameras[0], mode="mse"))
     state = await decoded(page)
     assert (state["width"], state["height"]) == (640, 360)
@@ -154,7 +63,7 @@ async def test_mse_mode_decodes_too(live: Live, browser: Browser):
     eventually(lambda: live.pushes() == 0, timeout=CLOSE_AFTER + 5)
 
 
-async def test_two_tabs_share_one_push_which_stops_after_both_close(live: Live, browser: Browser):
+async def test_two_tabs_share_one_push_which_stops_after_both_close(live: LiveSystem, browser: Browser):
     camera_id = live.cameras[1]
     first = await embed(browser, live.play_url(camera_id))
     second = await embed(browser, live.play_url(camera_id))
@@ -170,7 +79,7 @@ async def test_two_tabs_share_one_push_which_stops_after_both_close(live: Live, 
     assert live.viewers() == 0
 
 
-async def test_a_killed_tab_stops_its_push_by_heartbeat_timeout(live: Live, browser: Browser):
+async def test_a_killed_tab_stops_its_push_by_heartbeat_timeout(live: LiveSystem, browser: Browser):
     page = await embed(browser, live.play_url(live.cameras[0]))
     await decoded(page)
     assert live.pushes() == 1
@@ -183,7 +92,7 @@ async def test_a_killed_tab_stops_its_push_by_heartbeat_timeout(live: Live, brow
     assert live.viewers() == 0
 
 
-async def test_a_ticket_for_one_camera_cannot_open_another(live: Live, browser: Browser):
+async def test_a_ticket_for_one_camera_cannot_open_another(live: LiveSystem, browser: Browser):
     url_a = live.play_url(live.cameras[0])
     url_b = url_a.replace(f"/play/live/{live.cameras[0]}?", f"/play/live/{live.cameras[1]}?")
     page = await browser.new_page()

@@ -1,7 +1,7 @@
 """Randomized faults on a live system: tabs join, leave and crash, the agent and the relay restart.
 
 Everything is real (``relay serve``, ``relay agent`` pushing a PyAV-made file, one Chromium), with
-the short timings of test_live_browser. A seeded ``random.Random`` picks each cycle's action (the
+the short timings of live_system.py. A seeded ``random.Random`` picks each cycle's action (the
 seed is printed; ``RELAY_FAULTS_SEED=<n>`` replays one, ``RELAY_FAULTS_CYCLES=<n>`` changes the
 count); short random pauses between actions let them race. The relay restarts at a few random
 cycles only (each costs a start and the pages' recovery); the other actions are drawn each cycle.
@@ -19,37 +19,15 @@ import asyncio
 import contextlib
 import os
 import random
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import (
-    AgentProcess,
-    RelayProcess,
-    eventually,
-    free_port,
-    run_relay,
-    start_agent,
-    start_relay,
-    stop_agent,
-    stop_relay,
-)
-from playwright.async_api import Browser, Page, async_playwright
-from test_live_browser import (
-    CHROMIUM_ARGS,
-    CLOSE_AFTER,
-    RELAY_ARGS,
-    VIEWER_TIMEOUT,
-    api,
-    close_tab,
-    embed,
-    metric,
-)
-
-from relay.agent.demo_video import make_demo_video
+from conftest import eventually
+from live_system import CLOSE_AFTER, VIEWER_TIMEOUT, LiveSystem, close_tab, embed
+from playwright.async_api import Browser, Page
 
 SEED = int(os.environ.get("RELAY_FAULTS_SEED") or random.SystemRandom().randrange(2**32))
 CYCLES = int(os.environ.get("RELAY_FAULTS_CYCLES") or 100)
@@ -63,117 +41,12 @@ SETTLE_TIMEOUT = 60.0
 QUIET_TIMEOUT = VIEWER_TIMEOUT + CLOSE_AFTER + 5
 
 
-class Drain:
-    """Reads a process's stderr as it comes (a full pipe would stall the relay), keeping it."""
-
-    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream) -> None:  # type: ignore[no-untyped-def]
-        for line in iter(stream.readline, b""):
-            self.lines.append(line.decode(errors="replace"))
-
-    def join(self) -> str:
-        self._thread.join(5)
-        return "".join(self.lines)
-
-
-@dataclass
-class System:
-    """The relay and the agent, each restartable in place (same port, same data, same key)."""
-
-    data: Path
-    agent_dir: Path
-    port: int
-    relay: RelayProcess
-    drain: Drain
-    key: str = ""
-    agent: AgentProcess | None = None
-    token: str = ""
-    cameras: list[int] = field(default_factory=list)
-    relay_logs: list[str] = field(default_factory=list)
-
-    @property
-    def base(self) -> str:
-        return self.relay.base_url
-
-    def pushes(self) -> float:
-        return metric(self.base, "relay_live_pushes")
-
-    def viewers(self) -> float:
-        return metric(self.base, "relay_live_viewers")
-
-    def play_url(self, camera_id: int, mode: str) -> str:
-        url = api(self.base, "play_camera", token=self.token, camera_id=camera_id, width=320,
-                  height=180)["play_url"]
-        return url + (f"&mode={mode}" if mode else "")
-
-    def start_agent(self) -> None:
-        self.agent = start_agent(self.base, self.key, self.agent_dir)
-
-    def stop_agent(self) -> None:
-        if self.agent is not None:
-            stop_agent(self.agent)
-            self.agent = None
-
-    def restart_agent(self) -> None:
-        self.stop_agent()
-        self.start_agent()
-
-    def stop_relay(self) -> None:
-        tail = stop_relay(self.relay)
-        self.relay_logs.append(self.drain.join() + tail)
-
-    def start_relay(self) -> None:
-        self.relay = start_relay(self.data, *RELAY_ARGS, port=self.port)
-        self.drain = Drain(self.relay.process.stderr)
-
-    def restart_relay(self) -> None:
-        self.stop_relay()
-        self.start_relay()
-
-    def agent_log(self) -> str:
-        return self.agent_dir.with_suffix(".log").read_text(errors="replace") \
-            if self.agent_dir.with_suffix(".log").exists() else ""
-
-
 @pytest.fixture
-def system(tmp_path: Path) -> Iterator[System]:
-    video = make_demo_video(tmp_path / "cam.mp4", seconds=4)
-    port = free_port()
-    relay = start_relay(tmp_path / "data", *RELAY_ARGS, port=port)
-    live = System(tmp_path / "data", tmp_path / "agent", port, relay, Drain(relay.process.stderr))
-    try:
-        live.key = run_relay("agent-key", "add", "lab", "--data", str(live.data)).stdout.strip()
-        live.start_agent()
-        live.token = api(live.base, "access_token", unionid=relay.credential)["token"]
-        eventually(lambda: api(live.base, "list_gather", token=live.token)["data"])
-        [gatherer] = api(live.base, "list_gather", token=live.token)["data"]
-        live.cameras = [api(live.base, "add_camera", token=live.token, camera_name=f"cam{i}",
-                            gather_id=gatherer["gather_id"], stream_prop=1, stream_mp4=str(video)
-                            )["camera_id"] for i in range(2)]
-        for camera_id in live.cameras:
-            eventually(lambda c=camera_id: api(live.base, "get_camera_status", token=live.token,
-                                               camera_id=c)["status"] == 1)
+def system(tmp_path: Path) -> Iterator[LiveSystem]:
+    with LiveSystem.running(tmp_path) as live:
         yield live
-    finally:
-        live.stop_agent()
-        live.stop_relay()
     for number, log in enumerate(live.relay_logs):  # each run of the relay, restarts included
         assert "Traceback" not in log, f"relay run {number}:\n{log[-6000:]}"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                                   args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 @dataclass
@@ -239,7 +112,7 @@ def steady(check: Callable[[], bool], hold: float) -> Callable[[], bool]:
     return held
 
 
-async def test_random_faults_end_with_no_push_and_no_viewer(system: System, browser: Browser):
+async def test_random_faults_end_with_no_push_and_no_viewer(system: LiveSystem, browser: Browser):
     print(f"live faults: seed {SEED} (replay with RELAY_FAULTS_SEED={SEED}), {CYCLES} cycles")
     rng = random.Random(SEED)
     relay_restarts = set(rng.sample(range(5, max(CYCLES - 3, 6)), min(RELAY_RESTARTS, CYCLES // 8)))
@@ -280,7 +153,7 @@ async def test_random_faults_end_with_no_push_and_no_viewer(system: System, brow
         if action == "open":
             camera_id = rng.choice(system.cameras)
             mode = rng.choice(["", "", "mse"])
-            page = await embed(browser, system.play_url(camera_id, mode))
+            page = await embed(browser, system.play_url(camera_id, mode, 320, 180))
             tabs.append(Tab(page, camera_id, mode))
             history.append(f"{cycle}: open camera {camera_id} {mode or 'webrtc'}")
         elif action in ("close", "kill"):

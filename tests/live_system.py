@@ -1,0 +1,189 @@
+"""What the live-video test modules share, in one copy (test modules importing each other is fragile).
+
+A real ``relay serve`` with short live timings (so the stop rules are checked in seconds) and a real
+``relay agent`` pushing a PyAV-made H.264 file to two cameras, plus helpers for the API, ``/metrics``
+and a page embedding the player. The ``browser`` fixture is in conftest.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sqlite3
+import threading
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from conftest import (
+    AgentProcess,
+    RelayProcess,
+    eventually,
+    free_port,
+    run_relay,
+    start_agent,
+    start_relay,
+    stop_agent,
+    stop_relay,
+)
+from playwright.async_api import Browser, Page
+
+from relay.agent.demo_video import make_demo_video
+from relay.signing import Signer
+
+CLOSE_AFTER, VIEWER_TIMEOUT = 2.0, 4.0
+RELAY_ARGS = ("--ice-addresses", "127.0.0.1", "--live-close-after", str(CLOSE_AFTER),
+              "--live-viewer-timeout", str(VIEWER_TIMEOUT), "--live-heartbeat", "1",
+              "--live-reconcile", "1", "--webrtc-fallback-after", "6")
+
+
+def api(base: str, name: str, **params: Any) -> dict[str, Any]:
+    """One API call over real HTTP, as a client of the relay makes it."""
+    with urllib.request.urlopen(f"{base}/api/v1/{name}?{urlencode(params)}", timeout=30) as answer:
+        return json.load(answer)
+
+
+def metric(base: str, name: str) -> float:
+    """A gauge from ``/metrics``: how the tests see what runs inside the relay (0 when absent)."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        match = re.search(rf"^{name} (\S+)$", response.read().decode(), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+class Drain:
+    """Reads a process's stderr as it arrives and keeps the lines (a full pipe would stall the relay)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in iter(stream.readline, b""):
+            self.lines.append(line.decode(errors="replace"))
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def join(self) -> str:
+        self._thread.join(5)
+        return self.text()
+
+
+@dataclass
+class LiveSystem:
+    """The relay and the agent. Each can be restarted in place (same port, same data, same key)."""
+
+    tmp: Path
+    port: int
+    relay: RelayProcess = field(init=False)
+    relay_log: Drain = field(init=False)
+    key: str = ""
+    agent: AgentProcess | None = None
+    token: str = ""
+    cameras: list[int] = field(default_factory=list)
+    relay_logs: list[str] = field(default_factory=list)  # one for each relay run that has ended
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, tmp: Path) -> Iterator[LiveSystem]:
+        """Start both processes and bring two cameras online. On exit, stop both by PID."""
+        video = make_demo_video(tmp / "cam.mp4", seconds=4)
+        live = cls(tmp, free_port())
+        live.start_relay()
+        try:
+            live.key = run_relay("agent-key", "add", "lab", "--data", str(tmp / "data")).stdout.strip()
+            live.start_agent()
+            live.token = api(live.base, "access_token", unionid=live.relay.credential)["token"]
+            eventually(lambda: api(live.base, "list_gather", token=live.token)["data"])
+            [gatherer] = api(live.base, "list_gather", token=live.token)["data"]
+            live.cameras = [api(live.base, "add_camera", token=live.token, camera_name=f"cam{i}",
+                                gather_id=gatherer["gather_id"], stream_prop=1, stream_mp4=str(video)
+                                )["camera_id"] for i in range(2)]
+            for camera_id in live.cameras:
+                eventually(lambda c=camera_id: api(live.base, "get_camera_status", token=live.token,
+                                                   camera_id=c)["status"] == 1)
+            yield live
+        finally:
+            live.stop_agent()
+            live.stop_relay()
+
+    @property
+    def base(self) -> str:
+        return self.relay.base_url
+
+    def pushes(self) -> float:
+        return metric(self.base, "relay_live_pushes")
+
+    def viewers(self) -> float:
+        return metric(self.base, "relay_live_viewers")
+
+    def idle(self) -> bool:
+        return self.pushes() == 0 and self.viewers() == 0
+
+    def play_url(self, camera_id: int, mode: str = "", width: int = 640, height: int = 360) -> str:
+        url = api(self.base, "play_camera", token=self.token, camera_id=camera_id, width=width,
+                  height=height)["play_url"]
+        return url + (f"&mode={mode}" if mode else "")
+
+    def ticket(self, camera_id: int) -> str:
+        return parse_qs(urlsplit(self.play_url(camera_id)).query)["ticket"][0]
+
+    def signer(self) -> Signer:
+        """The relay's own signing key, read from the catalogue, so a test can forge an expired ticket."""
+        with contextlib.closing(sqlite3.connect(self.relay.data / "relay.sqlite3")) as db:
+            [(value,)] = db.execute("SELECT value FROM meta WHERE key = 'signing_key'").fetchall()
+        return Signer(bytes.fromhex(value))
+
+    def agent_log(self) -> str:
+        path = self.tmp / "agent.log"  # what start_agent writes for tmp / "agent"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def pushes_started(self, camera_id: int) -> list[str]:
+        """The ids of the pushes the agent started for ``camera_id``, oldest first, from its log."""
+        return re.findall(rf"camera {camera_id}: push (\S+) started", self.agent_log())
+
+    def start_agent(self) -> None:
+        self.agent = start_agent(self.base, self.key, self.tmp / "agent")
+
+    def stop_agent(self) -> None:
+        if self.agent is not None:
+            stop_agent(self.agent)
+            self.agent = None
+
+    def restart_agent(self) -> None:
+        self.stop_agent()
+        self.start_agent()
+
+    def start_relay(self) -> None:
+        self.relay = start_relay(self.tmp / "data", *RELAY_ARGS, port=self.port)
+        self.relay_log = Drain(self.relay.process.stderr)  # type: ignore[arg-type]
+
+    def stop_relay(self) -> None:
+        tail = stop_relay(self.relay)
+        self.relay_logs.append(self.relay_log.join() + tail)
+
+    def restart_relay(self) -> None:
+        self.stop_relay()
+        self.start_relay()
+
+
+async def embed(browser: Browser, play_url: str) -> Page:
+    """A page of another origin that embeds ``play_url`` in an iframe and records its messages."""
+    page = await browser.new_page()
+    await page.set_content(
+        "<script>window.events = []; addEventListener('message', e => events.push(e.data));</script>"
+        f"<iframe id=player src='{play_url}' width=660 height=380 allow='autoplay'></iframe>"
+    )
+    return page
+
+
+async def close_tab(page: Page) -> None:
+    """Close a tab the way a user does: its documents unload (pagehide fires), then it goes.
+    (Playwright's ``page.close()`` alone removes the tab without unloading it.)"""
+    await page.goto("about:blank")
+    await page.close()
