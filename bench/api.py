@@ -29,22 +29,28 @@ import json
 import os
 import platform
 import random
-import re
-import selectors
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common import (
+    Processes,
+    Run,
+    free_port,
+    http_get,
+    interrupt,
+    start_relay_serve,
+    wait_for_http,
+    wrk,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -52,103 +58,7 @@ if str(ROOT) not in sys.path:
 
 CHUNK = 5000
 PER = 10
-START_TIMEOUT = 60.0
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Processes:
-    """Every child we start, so that cleanup stops exactly those, by PID."""
-
-    def __init__(self) -> None:
-        self._children: list[subprocess.Popen[Any]] = []
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        child = subprocess.Popen(argv, **kwargs)
-        self._children.append(child)
-        return child
-
-    def stop(self, child: subprocess.Popen[Any], grace: float = 10.0) -> None:
-        if child.poll() is None:
-            try:
-                os.kill(child.pid, signal.SIGINT)
-                child.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.kill(child.pid, signal.SIGKILL)
-                child.wait(5)
-            except ProcessLookupError:
-                pass
-        if child in self._children:
-            self._children.remove(child)
-
-    def stop_all(self) -> None:
-        for child in reversed(list(self._children)):
-            try:
-                self.stop(child)
-            except Exception as exc:  # keep going: the others must stop too
-                print(f"bench: could not stop PID {child.pid}: {exc}", file=sys.stderr)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as answer:
-        return answer.read()
-
-
-def wait_for_http(url: str, child: subprocess.Popen[Any], timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise RuntimeError(f"PID {child.pid} exited with {child.returncode} while starting")
-        try:
-            http_get(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-
-def read_banner(child: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> str:
-    """Read the child's stdout until the first-start banner has named the API credential."""
-    assert child.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(child.stdout, selectors.EVENT_READ)
-    text = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if re.search(rb"API credential:\s+\S+\s", text):
-                return text.decode()
-            if not selector.select(timeout=0.5):
-                if child.poll() is not None:
-                    break
-                continue
-            chunk = os.read(child.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            text += chunk
-    finally:
-        selector.close()
-    raise RuntimeError(f"no API credential in relay's first-start banner: {text.decode()[:500]!r}")
-
-
-def drain(stream: Any) -> None:
-    """Keep reading a child's pipe in the background so it can never block on a full pipe."""
-
-    def run() -> None:
-        try:
-            while stream.read(65536):
-                pass
-        except (OSError, ValueError):
-            pass
-
-    threading.Thread(target=run, daemon=True).start()
+JSON_RUN_KEYS = ("rps", "p50_ms", "p99_ms", "errors")  # what --json records of each wrk run
 
 
 # --------------------------------------------------------------------------- seeding
@@ -248,14 +158,6 @@ def serve_baseline(port: int, body_file: Path) -> None:
 
 
 @dataclass
-class Run:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-
-
-@dataclass
 class Target:
     name: str
     url: str
@@ -263,47 +165,6 @@ class Target:
 
     def median(self, attribute: str) -> float:
         return statistics.median(getattr(run, attribute) for run in self.runs)
-
-
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
-    if not match:
-        raise ValueError(f"unreadable wrk time {text!r}")
-    return float(match.group(1)) * _UNITS_MS[match.group(2)]
-
-
-def parse_wrk(output: str) -> Run:
-    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", output, re.M)
-    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
-    if not (rps and p50 and p99):
-        raise RuntimeError(f"unreadable wrk output:\n{output}")
-    errors = 0
-    socket_errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    if socket_errors:
-        errors += sum(int(value) for value in socket_errors.groups())
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if non_2xx:
-        errors += int(non_2xx.group(1))
-    return Run(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), errors)
-
-
-def wrk(processes: Processes, url: str, duration: float, threads: int, connections: int) -> Run:
-    seconds = max(1, round(duration))
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-    child = processes.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        output, _ = child.communicate(timeout=seconds + 30)
-    finally:
-        processes.stop(child)
-    if child.returncode != 0:
-        raise RuntimeError(f"wrk failed ({child.returncode}):\n{output}")
-    return parse_wrk(output)
 
 
 # --------------------------------------------------------------------------- checks and report
@@ -371,10 +232,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed")
@@ -384,22 +241,11 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
     timings = asyncio.run(seed(data, args.rows, args.gatherers))
     print(f"  cameras {timings['cameras']:.1f}s, records {timings['records']:.1f}s", flush=True)
 
-    relay_port = free_port()
-    with (work / "relay.stderr").open("wb") as relay_log:  # the access log goes there
-        relay = processes.start(
-            [sys.executable, "-m", "relay", "serve", "--data", str(data),
-             "--listen", f"127.0.0.1:{relay_port}", "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=relay_log, cwd=ROOT,
-        )
-    banner = read_banner(relay)
-    drain(relay.stdout)
-    credential = re.search(r"API credential:\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
-    relay_base = f"http://127.0.0.1:{relay_port}"
-    wait_for_http(relay_base + "/healthz", relay)
-    answer = json.loads(http_get(f"{relay_base}/api/v1/access_token?unionid={credential}"))
-    if answer.get("err_code") != 0:
-        raise RuntimeError(f"access_token answered {answer}")
-    token = answer["token"]
+    served = start_relay_serve(  # the access log goes to relay.stderr
+        processes, data, work / "relay.stderr", ["--log-level", "warning"], stdin=None,
+        token_timeout=10.0,
+    )
+    relay, relay_base, token = served.child, served.base, served.token
     print(f"relay serve PID {relay.pid} on {relay_base}", flush=True)
 
     api = f"{relay_base}/api/v1"
@@ -442,10 +288,10 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
         targets.append(Target("version (no token, no DB)", version_url))
     if args.warmup > 0:
         for target in targets:
-            wrk(processes, target.url, args.warmup, args.threads, args.connections)
+            wrk(processes, target.url, args.warmup, args.connections, args.threads)
     for number in range(args.rounds):
         for target in targets:
-            run = wrk(processes, target.url, args.duration, args.threads, args.connections)
+            run = wrk(processes, target.url, args.duration, args.connections, args.threads)
             target.runs.append(run)
             print(f"  round {number + 1}/{args.rounds} {target.name:<26} {run.rps:9,.1f} req/s  "
                   f"p50 {run.p50_ms:8.2f} ms  p99 {run.p99_ms:8.2f} ms  errors {run.errors}",
@@ -465,7 +311,8 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
         args.json.write_text(json.dumps({
             "argv": sys.argv, "rows": args.rows, "nproc": os.cpu_count(),
             "python": platform.python_version(), "body_bytes": len(body),
-            "targets": {target.name: [run.__dict__ for run in target.runs] for target in targets},
+            "targets": {target.name: [{key: getattr(run, key) for key in JSON_RUN_KEYS}
+                                      for run in target.runs] for target in targets},
         }, indent=2))
     relay_errors = (work / "relay.stderr").read_text(errors="replace")
     problems = [line for line in relay_errors.splitlines()
@@ -487,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C and SIGTERM both end in the cleanup below, even when started with SIGINT ignored
     # (as a background job of a non-interactive shell is).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     processes = Processes()
     work = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     try:

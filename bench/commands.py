@@ -47,10 +47,8 @@ import os
 import platform
 import re
 import resource
-import selectors
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,121 +56,34 @@ import tempfile
 import threading
 import time
 import traceback
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from common import (
+    Processes,
+    cpu_seconds,
+    free_port,
+    http_get,
+    http_json,
+    interrupt,
+    start_relay_serve,
+    wait_for_http,
+    wait_until,
+    wrk,
+)
+from common import Run as WrkRun
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 SCRIPT = str(Path(__file__).resolve())
-START_TIMEOUT = 60.0
 MAX_MESSAGE = 256 * 1024
 PROTOCOL = 1
 
 
 # --------------------------------------------------------------------------- processes
-
-
-class Processes:
-    """Every child we start, so that cleanup stops exactly those, by PID."""
-
-    def __init__(self) -> None:
-        self._children: list[subprocess.Popen[Any]] = []
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        child = subprocess.Popen(argv, **kwargs)
-        self._children.append(child)
-        return child
-
-    def stop(self, child: subprocess.Popen[Any], grace: float = 10.0) -> None:
-        if child.poll() is None:
-            try:
-                os.kill(child.pid, signal.SIGINT)
-                child.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.kill(child.pid, signal.SIGKILL)
-                child.wait(10)
-            except ProcessLookupError:
-                pass
-        for stream in (child.stdin, child.stdout, child.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    stream.close()
-        if child in self._children:
-            self._children.remove(child)
-
-    def stop_all(self) -> None:
-        for child in reversed(list(self._children)):
-            try:
-                self.stop(child)
-            except Exception as exc:  # keep going: the others must stop too
-                print(f"bench: could not stop PID {child.pid}: {exc}", file=sys.stderr)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 30.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as answer:
-        return answer.read()
-
-
-def http_json(url: str, timeout: float = 30.0) -> dict[str, Any]:
-    return json.loads(http_get(url, timeout))
-
-
-def wait_for_http(url: str, child: subprocess.Popen[Any], timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise RuntimeError(f"PID {child.pid} exited with {child.returncode} while starting")
-        try:
-            http_get(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-
-def read_banner(child: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> str:
-    """Read the relay's stdout until its first-start banner has named the API credential."""
-    assert child.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(child.stdout, selectors.EVENT_READ)
-    text = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if re.search(rb"API credential:\s+\S+\s", text):
-                return text.decode()
-            if not selector.select(timeout=0.5):
-                if child.poll() is not None:
-                    break
-                continue
-            chunk = os.read(child.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            text += chunk
-    finally:
-        selector.close()
-    raise RuntimeError(f"no API credential in relay's first-start banner: {text.decode()[:500]!r}")
-
-
-def drain(stream: Any) -> None:
-    """Keep reading a child's pipe in the background so it can never block on a full pipe."""
-
-    def run() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            while stream.read(65536):
-                pass
-
-    threading.Thread(target=run, daemon=True).start()
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -184,13 +95,6 @@ def proc_status(pid: int) -> dict[str, int]:
             if name in ("VmRSS", "VmHWM"):
                 values[name] = int(rest.split()[0])
     return values
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raise_nofile(wanted: int) -> tuple[int, int]:
@@ -509,12 +413,9 @@ def echo_role(port: int) -> None:
 
 
 @dataclass
-class Run:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    errors: int
+class Run(WrkRun):
+    """A wrk run of a command target, with what the numbers alone do not tell."""
+
     unanswered: int = 0  # requests whose answer did not carry the agent's reply (see Target)
     server_cpu_us: float = 0.0  # CPU time the server process spent per request (when known)
 
@@ -535,7 +436,9 @@ class Target:
     def run(self, processes: Processes, duration: float) -> Run:
         before = self.answered() if self.answered else 0
         cpu_before = cpu_seconds(self.server_pid) if self.server_pid else 0.0
-        result = wrk(processes, self.url, duration, self.callers, script=self.script)
+        options = ["--timeout", "30s", *(["--script", str(self.script)] if self.script else [])]
+        result = Run(**vars(wrk(processes, self.url, duration, self.callers, options=options,
+                                slack=60.0)))
         if self.server_pid and result.requests:
             result.server_cpu_us = (cpu_seconds(self.server_pid) - cpu_before) / result.requests * 1e6
         if self.answered:
@@ -544,51 +447,6 @@ class Target:
 
     def median(self, attribute: str) -> float:
         return statistics.median(getattr(run, attribute) for run in self.runs)
-
-
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
-    if not match:
-        raise ValueError(f"unreadable wrk time {text!r}")
-    return float(match.group(1)) * _UNITS_MS[match.group(2)]
-
-
-def parse_wrk(output: str) -> Run:
-    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", output, re.M)
-    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
-    total = re.search(r"^\s+(\d+) requests in", output, re.M)
-    if not (rps and p50 and p99 and total):
-        raise RuntimeError(f"unreadable wrk output:\n{output}")
-    errors = 0
-    socket_errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    if socket_errors:
-        errors += sum(int(value) for value in socket_errors.groups())
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if non_2xx:
-        errors += int(non_2xx.group(1))
-    return Run(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(total.group(1)),
-               errors)
-
-
-def wrk(processes: Processes, url: str, duration: float, connections: int, threads: int = 1,
-        script: Path | None = None) -> Run:
-    seconds = max(1, round(duration))
-    argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s",
-            "--timeout", "30s", "--latency", *(["--script", str(script)] if script else []), url]
-    child = processes.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        output, _ = child.communicate(timeout=seconds + 60)
-    finally:
-        processes.stop(child)
-    if child.returncode != 0:
-        raise RuntimeError(f"wrk failed ({child.returncode}):\n{output}")
-    return parse_wrk(output)
 
 
 # --------------------------------------------------------------------------- profiling
@@ -669,13 +527,13 @@ class Relay:
 
     def commands_answered(self, action: str = "camera.start") -> int:
         """Agent replies the hub has had for ``action`` (timeouts and lost links are not counted)."""
-        text = http_get(self.base + "/metrics").decode()
+        text = http_get(self.base + "/metrics", timeout=30.0).decode()
         match = re.search(rf'^relay_command_seconds_count{{command="{re.escape(action)}"}}\s+(\S+)',
                           text, re.M)
         return int(float(match.group(1))) if match else 0
 
     def agents_connected(self) -> int:
-        text = http_get(self.base + "/metrics").decode()
+        text = http_get(self.base + "/metrics", timeout=30.0).decode()
         match = re.search(r"^relay_agents_connected\s+([0-9.e+]+)", text, re.M)
         return int(float(match.group(1))) if match else -1
 
@@ -699,32 +557,10 @@ def start_relay(processes: Processes, work: Path, name: str, extra: list[str],
         [sys.executable, "-m", "relay", "agent-key", "add", "bench", "--data", str(data)],
         capture_output=True, text=True, timeout=120, cwd=relay_dir, check=True,
     ).stdout.strip()
-    port = free_port()
     stderr = work / f"{name}.stderr"
-    child = processes.start(
-        [sys.executable, "-m", "relay", "serve", "--data", str(data),
-         "--listen", f"127.0.0.1:{port}", "--log-level", "warning", *extra],
-        stdout=subprocess.PIPE, stderr=stderr.open("wb"), stdin=subprocess.DEVNULL, cwd=relay_dir,
-    )
-    banner = read_banner(child)
-    drain(child.stdout)
-    credential = re.search(r"API credential:\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
-    base = f"http://127.0.0.1:{port}"
-    wait_for_http(base + "/healthz", child)
-    answer = http_json(f"{base}/api/v1/access_token?unionid={credential}")
-    if answer.get("err_code") != 0:
-        raise RuntimeError(f"access_token answered {answer}")
-    return Relay(child, base, answer["token"], key, stderr)
-
-
-def wait_until(check, timeout: float, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"condition not met within {timeout:.0f}s")
+    served = start_relay_serve(processes, data, stderr, ["--log-level", "warning", *extra],
+                               cwd=relay_dir)
+    return Relay(served.child, served.base, served.token, key, stderr)
 
 
 def check_transmit(answer: dict[str, Any], what: str) -> None:
@@ -830,7 +666,8 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
     fleet = AgentFleet(processes, relay.base.replace("http", "ws") + "/agent", relay.key, 1, 1,
                        10, 1, 3, work)
     fleet.target(1)
-    gather_id = wait_until(lambda: fleet.gather_ids.get(0), 30)
+    gather_id = wait_until(lambda: fleet.gather_ids.get(0), 30, "the agent's gather_id",
+                           interval=0.1)
     camera = relay.api("add_camera", camera_name="bench", gather_id=gather_id, stream_prop=1,
                        stream_mp4="/srv/bench.mp4")
     check_transmit(camera, "add_camera")
@@ -851,7 +688,8 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
     echo_agent = AgentFleet(processes, f"ws://127.0.0.1:{echo_port}/agent", "-", 1, 1, 10, 1, 3,
                             work)
     echo_agent.target(1)
-    wait_until(lambda: http_json(echo_base + "/stats")["linked"], 30)
+    wait_until(lambda: http_json(echo_base + "/stats")["linked"], 30, "the echo's agent link",
+               interval=0.1)
     echo_url = f"{echo_base}/echo?camera_id={camera_id}"
     check_transmit(http_json(echo_url), "echo")
     print(f"echo server PID {echo.pid}, its agent PID {echo_agent.children[0].pid}", flush=True)
@@ -1206,10 +1044,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _child_role(args: argparse.Namespace) -> int:
     if args.role == "echo":
         echo_role(args.port)
@@ -1228,8 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bench: counts, rates and durations must be positive")
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed")
-    signal.signal(signal.SIGTERM, _interrupt)
-    processes = Processes()
+    signal.signal(signal.SIGTERM, interrupt)
+    processes = Processes(kill_wait=10.0, close_pipes=True)
     work = Path(tempfile.mkdtemp(prefix="relay-bench-commands-"))
     results: dict[str, Any] = {"argv": sys.argv, "nproc": os.cpu_count(),
                                "python": platform.python_version()}

@@ -13,7 +13,7 @@ demo`` uses make_demo_video as it is. The real bitrate of both is measured and r
 (everything else default: heartbeat 12 s, viewer timeout 30 s, WebRTC fallback after 4 s); an agent
 key made with ``relay agent-key add``; a real ``relay agent`` process; one camera (mode 1, the MP4).
 
-Part 1, first frame. Headless Debian Chromium (Playwright, the flags of tests/test_live_browser.py).
+Part 1, first frame. Headless Debian Chromium (Playwright, the flags of tests/conftest.py (CHROMIUM_ARGS)).
 Each measured tab is a page of another origin embedding the camera's play_url in an iframe, as the
 tests' ``embed()`` does. An init script in the player's iframe records ``performance.now()`` (so: ms
 from the *iframe's* navigation start, which is when the play page's request begins) at the first
@@ -79,28 +79,32 @@ import re
 import selectors
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlencode
+
+from common import (
+    CLOCK_TICKS,
+    Processes,
+    cpu_ticks,
+    http_get,
+    interrupt,
+    start_relay_serve,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SCRIPT = str(Path(__file__).resolve())
-START_TIMEOUT = 60.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
@@ -178,49 +182,6 @@ MILESTONES = [("script_end", "live.js loaded"), ("session_end", "session answere
 # --------------------------------------------------------------------------- processes
 
 
-class Processes:
-    """Every child we start, so that cleanup stops exactly those, by PID."""
-
-    def __init__(self) -> None:
-        self._children: list[subprocess.Popen[Any]] = []
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        child = subprocess.Popen(argv, **kwargs)
-        self._children.append(child)
-        return child
-
-    def stop(self, child: subprocess.Popen[Any], sig: int = signal.SIGINT, grace: float = 15.0) -> None:
-        if child.poll() is None:
-            try:
-                os.kill(child.pid, sig)
-                child.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.kill(child.pid, signal.SIGKILL)
-                child.wait(5)
-            except ProcessLookupError:
-                pass
-        if child in self._children:
-            self._children.remove(child)
-
-    def stop_all(self) -> None:
-        for child in reversed(list(self._children)):
-            try:
-                self.stop(child)
-            except Exception as exc:  # keep going: the others must stop too
-                print(f"bench: could not stop PID {child.pid}: {exc}", file=sys.stderr)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as answer:
-        return answer.read()
-
-
 def api(base: str, name: str, **params: Any) -> dict[str, Any]:
     answer = json.loads(http_get(f"{base}/api/v1/{name}?{urlencode(params)}", timeout=30))
     if answer.get("err_code", 0) != 0:
@@ -231,74 +192,6 @@ def api(base: str, name: str, **params: Any) -> dict[str, Any]:
 def metric(base: str, name: str) -> float:
     match = re.search(rf"^{name} (\S+)$", http_get(base + "/metrics").decode(), re.M)
     return float(match.group(1)) if match else 0.0
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout:g} s")
-        time.sleep(interval)
-
-
-def wait_for_http(url: str, child: subprocess.Popen[Any], timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise RuntimeError(f"PID {child.pid} exited with {child.returncode} while starting")
-        try:
-            http_get(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-
-def read_banner(child: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> str:
-    """Read the relay's stdout until the first-start banner has named the API credential."""
-    assert child.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(child.stdout, selectors.EVENT_READ)
-    text = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if re.search(rb"API credential:\s+\S+\s", text):
-                return text.decode()
-            if not selector.select(timeout=0.5):
-                if child.poll() is not None:
-                    break
-                continue
-            chunk = os.read(child.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            text += chunk
-    finally:
-        selector.close()
-    raise RuntimeError(f"no API credential in the relay's banner: {text.decode()[:500]!r}")
-
-
-def drain(stream: Any) -> None:
-    """Keep reading a child's pipe in the background so it can never block on a full pipe."""
-
-    def run() -> None:
-        try:
-            while stream.read(65536):
-                pass
-        except (OSError, ValueError):
-            pass
-
-    threading.Thread(target=run, daemon=True).start()
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process (all its threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -370,7 +263,7 @@ def make_busy_video(path: Path, width: int = 640, height: int = 360, fps: int = 
 
     import av
 
-    from relay.agent.demo_video import _luma
+    from relay.agent.demo_video import luma_plane
 
     rng = random.Random(20240601)
     amplitude = 40  # noise of +-20 around mid-grey
@@ -384,7 +277,7 @@ def make_busy_video(path: Path, width: int = 640, height: int = 360, fps: int = 
         stream.codec_context.time_base = Fraction(1, fps)
         chroma = bytes([128]) * ((width // 2) * (height // 2))
         for t in range(fps * seconds):
-            luma = _luma(width, height, t)[:width * (height - noise_rows)]
+            luma = luma_plane(width, height, t)[:width * (height - noise_rows)]
             frame = av.VideoFrame(width, height, "yuv420p")
             frame.planes[0].update(luma + rng.randbytes(width * noise_rows).translate(table))
             frame.planes[1].update(chroma)
@@ -404,17 +297,9 @@ def start_system(procs: Processes, tmp: Path, kind: str) -> System:
     info = video_info(video)
     info["demo_kbps"] = video_info(demo)["kbps"]
     info["kind"] = kind
-    data, port = tmp / "data", free_port()
-    relay_log = tmp / "relay.log"
-    with open(relay_log, "wb") as log:
-        relay = procs.start([sys.executable, "-m", "relay", "serve", "--data", str(data),
-                             "--listen", f"127.0.0.1:{port}", *RELAY_FLAGS],
-                            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    banner = read_banner(relay)
-    drain(relay.stdout)
-    wait_for_http(base + "/healthz", relay)
-    credential = re.search(r"API credential:\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
+    data, relay_log = tmp / "data", tmp / "relay.log"
+    served = start_relay_serve(procs, data, relay_log, RELAY_FLAGS)
+    relay, base, token = served.child, served.base, served.token
     key = subprocess.run([sys.executable, "-m", "relay", "agent-key", "add", "bench", "--data",
                           str(data)], capture_output=True, text=True, timeout=60, check=True,
                          stdin=subprocess.DEVNULL, cwd=ROOT).stdout.strip()
@@ -424,7 +309,6 @@ def start_system(procs: Processes, tmp: Path, kind: str) -> System:
         agent = procs.start([sys.executable, "-m", "relay", "agent", "--server", base, "--data",
                              str(tmp / "agent")], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                             env={**os.environ, "RELAY_AGENT_KEY": key}, cwd=ROOT)
-    token = api(base, "access_token", unionid=credential)["token"]
     gatherers = wait_until(lambda: api(base, "list_gather", token=token)["data"], 30, "agent registers",
                            interval=0.2)
     camera_id = api(base, "add_camera", token=token, camera_name="bench", stream_prop=1,
@@ -1055,9 +939,9 @@ def main() -> int:
     facts = machine_facts()
     print(f"bench/live.py: {facts['nproc']} cores, Python {facts['python']}, {facts['chromium']}; "
           f"load {loadavg()}", flush=True)
-    procs = Processes()
+    procs = Processes(grace=15.0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    previous = signal.signal(signal.SIGTERM, interrupt)
     loads = [loadavg()]
     code = 1
     try:

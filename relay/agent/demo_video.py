@@ -11,8 +11,12 @@ import av
 log = logging.getLogger(__name__)
 
 
-def _luma(width: int, height: int, t: int) -> bytes:
-    """A diagonal ramp that drifts, with a bright bar sweeping across: every frame differs."""
+def luma_plane(width: int, height: int, t: int) -> bytes:
+    """The luma (Y) plane of frame ``t`` of the demo picture, ``width * height`` bytes, row by row.
+
+    A diagonal ramp that drifts, with a bright bar sweeping across: every frame differs. Public so
+    that other encoders of the same picture (``bench/live.py``'s noisier variant) stay in step
+    with :func:`make_demo_video`."""
     ramp = bytes((i // 2) % 220 + 16 for i in range(2 * (width + height) + 512))
     rows = [ramp[(y + 3 * t) % 256:(y + 3 * t) % 256 + width] for y in range(height)]
     bar = (t * 8) % width
@@ -36,7 +40,7 @@ def make_demo_video(path: Path, width: int = 640, height: int = 360, fps: int = 
         chroma = bytes([128]) * ((width // 2) * (height // 2))
         for t in range(fps * seconds):
             frame = av.VideoFrame(width, height, "yuv420p")
-            frame.planes[0].update(_luma(width, height, t))
+            frame.planes[0].update(luma_plane(width, height, t))
             frame.planes[1].update(chroma)
             frame.planes[2].update(chroma)
             frame.pts = t
