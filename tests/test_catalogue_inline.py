@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import bindparam, update
+from sqlalchemy.exc import IntegrityError
 
 from relay.catalogue import Catalogue, NotFound
 from relay.catalogue import accounts as accounts_module
@@ -19,6 +21,7 @@ from relay.catalogue.accounts import _BY_CREDENTIAL, _BY_ID
 from relay.catalogue.agent_keys import _BY_HASH, _REVOKED, digest
 from relay.catalogue.cameras import _ONE, _STARTED
 from relay.catalogue.inline import CHECKPOINT_EVERY
+from relay.catalogue.schema import cameras
 
 
 @pytest.fixture
@@ -160,3 +163,36 @@ async def test_account_changes_show_at_once_here_and_within_the_memo_time_elsewh
         await other.close()
     await asyncio.sleep(0.35)
     assert (await catalogue.accounts.by_id(account.account_id)).credential == credential
+
+
+async def test_writes_of_one_loop_turn_commit_together_and_one_bad_write_spoils_none(
+    catalogue: Catalogue,
+) -> None:
+    gather_id = await catalogue.gatherers.register("02:00:00:00:00:01")
+    ids = [
+        (await catalogue.cameras.add(
+            gather_id, {"camera_name": f"c{n}", "stream_prop": 1, "stream_mp4": "/srv/c.mp4"}
+        ))["camera_id"]
+        for n in range(20)
+    ]
+    commits = catalogue.db._inline._commits
+    assert await asyncio.gather(*(catalogue.cameras.set_started(i, 0) for i in ids)) == [
+        gather_id
+    ] * 20
+    assert catalogue.db._inline._commits == commits + 1  # twenty writes, one transaction
+    # A write that breaks a constraint (a gatherer that does not exist) between two good ones:
+    # it alone fails, through the engine, with the engine's error; the others are committed.
+    move = update(cameras).where(cameras.c.camera_id == bindparam("which")).values(
+        gather_id=bindparam("to"), camera_name=bindparam("name"))
+    good_1, bad, good_2 = await asyncio.gather(
+        catalogue.db.write_one(move, which=ids[0], to=gather_id, name="one"),
+        catalogue.db.write_one(move, which=ids[1], to=9999, name="bad"),
+        catalogue.db.write_one(move, which=ids[2], to=gather_id, name="two"),
+        return_exceptions=True,
+    )
+    assert good_1 == 1 and good_2 == 1 and isinstance(bad, IntegrityError)
+    with contextlib.closing(sqlite3.connect(catalogue.db.engine.url.database)) as other:
+        names = dict(other.execute("SELECT camera_id, camera_name FROM cameras"))
+        started = {row[0] for row in other.execute("SELECT started FROM cameras")}
+    assert (names[ids[0]], names[ids[1]], names[ids[2]]) == ("one", "c1", "two")
+    assert started == {0}

@@ -109,16 +109,18 @@ class Database:
     async def write_one(self, statement: Executable, **params: Any) -> int:
         """Run one INSERT, UPDATE or DELETE as a transaction of its own; the rows it changed.
 
-        On a SQLite file it runs inline when the write lock is free at once, else through the
-        engine (which waits for the lock). Same rules for ``statement`` as ``lookup``.
+        On a SQLite file it runs inline (with the other writes of this turn of the event loop)
+        when the write lock is free at once, else through the engine (which waits for the lock).
+        Same rules for ``statement`` as ``lookup``.
         """
-        changed = self._inline.execute(statement, params) if self._inline else None
-        if changed is None:
-            async with self.write() as conn:
-                return (await conn.execute(statement, params)).rowcount
-        if self._inline and self._inline.checkpoint_due() and self._checkpoint is None:
-            self._checkpoint = asyncio.create_task(self._run_checkpoint())
-        return changed
+        if self._inline is not None:
+            changed = await self._inline.execute(statement, params)
+            if changed is not None:
+                if self._inline.checkpoint_due() and self._checkpoint is None:
+                    self._checkpoint = asyncio.create_task(self._run_checkpoint())
+                return changed
+        async with self.write() as conn:
+            return (await conn.execute(statement, params)).rowcount
 
     async def _run_checkpoint(self) -> None:
         """Copy the WAL into the database file from the engine's thread, not the event loop's."""
