@@ -107,7 +107,7 @@ class Database:
         return rows
 
     async def write_one(self, statement: Executable, **params: Any) -> int:
-        """Run one INSERT, UPDATE or DELETE as a transaction of its own; the rows it changed.
+        """Run one INSERT, UPDATE or DELETE and commit it; the rows it changed.
 
         On a SQLite file it runs inline (with the other writes of this turn of the event loop)
         when the write lock is free at once, else through the engine (which waits for the lock).
