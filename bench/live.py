@@ -6,9 +6,9 @@
 
 Setup (both parts): a temporary dir; a PyAV-made MP4, 640x360, 25 fps, constrained baseline, GOP 2 s,
 10 s looped. ``make_demo_video`` with its defaults asks x264 for 1 Mbit/s but its picture is so easy
-to code that it gets ~330 kbit/s, so ``--video busy`` (default) encodes the same picture with the same
-settings plus a band of fresh noise in the bottom 24 rows, which brings it to ~1 Mbit/s; ``--video
-demo`` uses make_demo_video as it is. The real bitrate of both is measured and reported. Then a real
+to code that it gets ~330 kbit/s, so ``--video busy`` (default) makes it with ``noise_rows=24`` (a band
+of fresh noise in the bottom 24 rows), which brings it to ~1 Mbit/s; ``--video demo`` uses
+make_demo_video as it is. The real bitrate of both is measured and reported. Then a real
 ``relay serve`` on a free 127.0.0.1 port with ``--ice-addresses 127.0.0.1 --live-close-after 1``
 (everything else default: heartbeat 12 s, viewer timeout 30 s, WebRTC fallback after 4 s); an agent
 key made with ``relay agent-key add``; a real ``relay agent`` process; one camera (mode 1, the MP4).
@@ -252,48 +252,12 @@ def video_info(path: Path) -> dict[str, Any]:
                 "kbps": sizes * 8 / seconds / 1000, "profile": stream.codec_context.profile}
 
 
-def make_busy_video(path: Path, width: int = 640, height: int = 360, fps: int = 25,
-                    seconds: int = 10, noise_rows: int = 24) -> Path:
-    """make_demo_video's picture and encoder settings (libx264 constrained baseline, 1 Mbps target,
-    GOP 2 s, no B-frames, veryfast, zerolatency), plus a band of fresh noise in the bottom
-    ``noise_rows`` rows: the plain demo picture is so easy to code that x264 stays far below its
-    1 Mbps target; the noise makes it reach it."""
-    import random
-    from fractions import Fraction
-
-    import av
-
-    from relay.agent.demo_video import luma_plane
-
-    rng = random.Random(20240601)
-    amplitude = 40  # noise of +-20 around mid-grey
-    table = bytes(max(16, min(235, 128 + (i - 128) * amplitude // 256)) for i in range(256))
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.bit_rate = 1_000_000
-        stream.options = {"profile": "baseline", "g": str(2 * fps), "bf": "0",
-                          "preset": "veryfast", "tune": "zerolatency"}
-        stream.codec_context.time_base = Fraction(1, fps)
-        chroma = bytes([128]) * ((width // 2) * (height // 2))
-        for t in range(fps * seconds):
-            luma = luma_plane(width, height, t)[:width * (height - noise_rows)]
-            frame = av.VideoFrame(width, height, "yuv420p")
-            frame.planes[0].update(luma + rng.randbytes(width * noise_rows).translate(table))
-            frame.planes[1].update(chroma)
-            frame.planes[2].update(chroma)
-            frame.pts = t
-            frame.time_base = Fraction(1, fps)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
 def start_system(procs: Processes, tmp: Path, kind: str) -> System:
     from relay.agent.demo_video import make_demo_video
 
     demo = make_demo_video(tmp / "demo.mp4", 640, 360, 25, 10)
-    video = demo if kind == "demo" else make_busy_video(tmp / "busy.mp4")
+    video = demo if kind == "demo" else make_demo_video(tmp / "busy.mp4", 640, 360, 25, 10,
+                                                        noise_rows=24)
     info = video_info(video)
     info["demo_kbps"] = video_info(demo)["kbps"]
     info["kind"] = kind

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,12 +12,15 @@ import av
 log = logging.getLogger(__name__)
 
 
-def luma_plane(width: int, height: int, t: int) -> bytes:
+#: Seed of the noise band (``noise_rows``), so a noisy video is the same file every time.
+NOISE_SEED = 20240601
+_NOISE_LEVELS = bytes(max(16, min(235, 128 + (i - 128) * 40 // 256)) for i in range(256))  # ±20
+
+
+def _luma(width: int, height: int, t: int) -> bytes:
     """The luma (Y) plane of frame ``t`` of the demo picture, ``width * height`` bytes, row by row.
 
-    A diagonal ramp that drifts, with a bright bar sweeping across: every frame differs. Public so
-    that other encoders of the same picture (``bench/live.py``'s noisier variant) stay in step
-    with :func:`make_demo_video`."""
+    A diagonal ramp that drifts, with a bright bar sweeping across: every frame differs."""
     ramp = bytes((i // 2) % 220 + 16 for i in range(2 * (width + height) + 512))
     rows = [ramp[(y + 3 * t) % 256:(y + 3 * t) % 256 + width] for y in range(height)]
     bar = (t * 8) % width
@@ -24,8 +28,13 @@ def luma_plane(width: int, height: int, t: int) -> bytes:
 
 
 def make_demo_video(path: Path, width: int = 640, height: int = 360, fps: int = 25,
-                    seconds: int = 10) -> Path:
-    """Write a constrained-baseline H.264 MP4 (keyframe every 2 s) to ``path`` unless it exists."""
+                    seconds: int = 10, noise_rows: int = 0) -> Path:
+    """Write a constrained-baseline H.264 MP4 (keyframe every 2 s) to ``path`` unless it exists.
+
+    The picture is so easy to code that x264 stays far below its 1 Mbit/s target; ``noise_rows``
+    replaces that many bottom rows with fresh noise each frame, which brings it up to the target
+    (``bench/live.py`` measures with 24)."""
+    noise = random.Random(NOISE_SEED)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +49,10 @@ def make_demo_video(path: Path, width: int = 640, height: int = 360, fps: int = 
         chroma = bytes([128]) * ((width // 2) * (height // 2))
         for t in range(fps * seconds):
             frame = av.VideoFrame(width, height, "yuv420p")
-            frame.planes[0].update(luma_plane(width, height, t))
+            luma = _luma(width, height, t)[:width * (height - noise_rows)]
+            if noise_rows:
+                luma += noise.randbytes(width * noise_rows).translate(_NOISE_LEVELS)
+            frame.planes[0].update(luma)
             frame.planes[1].update(chroma)
             frame.planes[2].update(chroma)
             frame.pts = t

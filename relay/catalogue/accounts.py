@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -33,9 +34,10 @@ class Account:
     is_admin: bool
     credential: str
 
-    @property
+    @functools.cached_property
     def credential_tag(self) -> str:
-        """A short digest of the credential; tokens carry it so rotation voids them."""
+        """A short digest of the credential; tokens carry it so rotation voids them. (Computed once
+        per account read: ``by_id`` hands every token check of the next second the same object.)"""
         return hashlib.sha256(self.credential.encode()).hexdigest()[:16]
 
 

@@ -102,7 +102,9 @@ class AgentSession:
                 parsed = _parse(message.data)
                 # A reply to a command we are waiting on is traffic we asked for, as fast as we send
                 # commands, so it never counts as flooding (a busy relay would cut its own agent off).
-                if not self._awaited(parsed) and not bucket.take():
+                if self._answer(parsed):
+                    continue
+                if not bucket.take():
                     raise Refused("flooding: too many messages")
                 await self._dispatch(parsed, on_status)
             if not self._closed_reason:
@@ -113,22 +115,23 @@ class AgentSession:
         finally:
             self._fail_pending()
 
-    def _awaited(self, message: dict[str, Any]) -> bool:
-        """``message`` is the reply to a command still waiting for it."""
+    def _answer(self, message: dict[str, Any]) -> bool:
+        """Hand ``message`` to the command waiting for it, if it is that command's reply."""
         if message.get("type") != "reply":
             return False
         command_id = message.get("id")
         future = self._pending.get(command_id) if isinstance(command_id, int) else None
-        return future is not None and not future.done()
+        if future is None or future.done():
+            return False
+        future.set_result(_reply(message))
+        return True
 
     async def _dispatch(self, message: dict[str, Any], on_status) -> None:  # type: ignore[no-untyped-def]
+        """What the agent sent unasked: a status report, or a reply nobody waits for (ignored)."""
         kind = message.get("type")
         if kind == "reply":
-            command_id = message.get("id")
-            future = self._pending.get(command_id) if isinstance(command_id, int) else None
-            if future is not None and not future.done():
-                future.set_result(_reply(message))
-        elif kind == "status":
+            return  # late (the command timed out) or a repeat: nothing waits for it
+        if kind == "status":
             camera_id, status = message.get("camera_id"), message.get("status")
             if not isinstance(camera_id, int) or status not in (0, 1):
                 raise Refused("malformed status report")

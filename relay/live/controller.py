@@ -140,6 +140,10 @@ class LiveController:
     def viewer(self, viewer_id: str) -> Viewer | None:
         return self._viewers.get(viewer_id)
 
+    def is_open(self, viewer: Viewer) -> bool:
+        """``viewer`` has not ended (a transport being set up may outlive its session)."""
+        return self._viewers.get(viewer.viewer_id) is viewer
+
     def heartbeat(self, viewer_id: str) -> Viewer | None:
         viewer = self._viewers.get(viewer_id)
         if viewer is not None:

@@ -121,8 +121,7 @@ class MseFeed:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        if self._segmenter is not None:
-            self._segmenter.close()
+        self._end_stream()
 
     def _broadcast(self, item: bytes, keyframe: bool) -> None:
         for viewer in self._viewers:
@@ -176,8 +175,7 @@ class MseFeed:
         except (ValueError, av.FFmpegError) as exc:
             log.warning("mse: cannot start a stream: %s", exc)
             return False
-        if self._segmenter is not None:
-            self._segmenter.close()
+        self._end_stream()
         self._segmenter = segmenter
         pts = self._timeline(keyframe.pts)
         segmenter.push(keyframe, pts)  # writes the init segment; the keyframe's fragment comes next

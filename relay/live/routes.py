@@ -109,7 +109,7 @@ async def webrtc_offer(request: web.Request) -> web.Response:
         return _json({"error": "the offer is too large"}, 400)
     except (ValueError, KeyError):
         return _json({"error": "send {\"sdp\": offer}"}, 400)
-    if controller.viewer(viewer.viewer_id) is not viewer:  # it ended while the offer arrived
+    if not controller.is_open(viewer):  # it ended while the offer arrived
         return _json({"error": "no such session"}, 404)
     holder: dict[str, Callable[[], Awaitable[None]]] = {}
 
@@ -123,7 +123,7 @@ async def webrtc_offer(request: web.Request) -> web.Response:
         log.info("camera %d: refused an offer: %s", viewer.camera_id, refusal)
         return _json({"error": str(refusal)}, 400)
     holder["close"] = close
-    if controller.viewer(viewer.viewer_id) is not viewer:  # it ended while we answered
+    if not controller.is_open(viewer):  # it ended while we answered
         await close()
         return _json({"error": "no such session"}, 404)
     await _attach(controller, viewer, "webrtc", close)
@@ -135,7 +135,7 @@ async def mse_socket(request: web.Request) -> web.StreamResponse:
     viewer = _viewer(request)
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096)
     await ws.prepare(request)
-    if controller.viewer(viewer.viewer_id) is not viewer:  # it ended during the upgrade
+    if not controller.is_open(viewer):  # it ended during the upgrade
         await ws.close(code=4004, message=b"no such session")
         return ws
     mse = controller.mse_feed(viewer.camera_id)
