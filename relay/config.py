@@ -39,9 +39,12 @@ class Settings:
     webrtc_fallback_after: float = 4.0
     ice_addresses: str = ""
     ice_public_ip: str = ""
+    ice_deadline: float = 20.0
     play_ticket_ttl: int = 600
     session_ttl: int = 12 * 3600
     log_level: str = "info"
+    metrics_listen: str = ""
+    header_timeout: float = 10.0
     player_dir: Path = field(default_factory=lambda: Path(__file__).resolve().parent.parent / "player")
 
     @property
