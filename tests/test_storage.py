@@ -69,3 +69,59 @@ async def test_symlinks_out_of_the_files_directory_are_refused(api, tmp_path):
     response = await api.client.get("/files/records/link.mp4")
     assert response.status == 404
     assert "top secret" not in await response.text()
+
+
+@pytest.mark.parametrize(
+    ("wanted", "status", "part"),
+    [
+        ("bytes=-0", 416, None),            # an empty suffix is unsatisfiable (RFC 9110 §14.1.2)
+        ("bytes=-00", 416, None),
+        ("bytes=5-2", 416, None),           # last before first: an invalid range, rejected
+        ("bytes=999999-", 416, None),       # starts past the end
+        ("bytes=-", 416, None),
+        ("bytes=0-1,5-6", 200, slice(None)),  # several ranges: ignored, the whole file
+        ("items=0-5", 200, slice(None)),      # another unit: ignored (RFC 9110 §14.2)
+        ("bytes=-10", 206, slice(-10, None)),
+        ("bytes=10-19", 206, slice(10, 20)),
+        ("bytes=10-", 206, slice(10, None)),
+        ("bytes=0-99999999", 206, slice(None)),  # a last byte past the end is the end
+    ],
+)
+async def test_odd_ranges(api, wanted, status, part):
+    content = bytes(range(256)) * 4
+    video = api.store("records/1/odd.mp4", content)
+    response = await api.client.get(video, headers={"Range": wanted})
+    assert response.status == status, (wanted, response.status)
+    body = await response.read()
+    if status == 416:
+        assert response.headers["Content-Range"] == f"bytes */{len(content)}"
+        assert body != content
+    else:
+        assert body == content[part]
+        assert response.headers["Content-Type"] == "video/mp4"
+
+
+async def test_a_file_is_served_under_its_own_name_only(api):
+    api.store("records/1/clip.mp4", b"clip")
+    for target in ("/files/records/1/clip.mp4/", "/files/records//1/clip.mp4",
+                   "/files/records/1/./clip.mp4", "/files/records/1/clip.mp4/."):
+        status, body = await raw_get(api, target)
+        assert status == 404 and body != b"clip", target
+    status, body = await raw_get(api, "/files/records/1/clip.mp4")
+    assert (status, body) == (200, b"clip")
+
+
+@pytest.mark.parametrize("target", ["/files/" + "a" * 300, "/files/records/" + "b" * 256 + "/x.mp4",
+                                    "/files/" + "/".join(["c" * 200] * 30)])
+async def test_names_the_file_system_refuses_are_404(api, target):
+    status, body = await raw_get(api, target)
+    assert status == 404, (target[:40], status, body[:200])
+    assert b'"err_code": 404' in body
+
+
+async def test_a_symlink_loop_is_404_not_500(api):
+    loop = api.services.settings.files_dir / "records" / "loop.mp4"
+    loop.parent.mkdir(parents=True)
+    loop.symlink_to(loop)
+    status, body = await raw_get(api, "/files/records/loop.mp4")
+    assert status == 404, (status, body[:200])
