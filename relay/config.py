@@ -56,6 +56,14 @@ class Settings:
         return int(self.listen.rsplit(":", 1)[1])
 
     @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where /metrics is served on its own, or None: on the main listener."""
+        if not self.metrics_listen:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
     def base_url(self) -> str:
         """The URL clients reach us at, without a trailing slash."""
         if self.public_url:
@@ -99,10 +107,20 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"setting {name!r}: {value!r} is not a valid {kind}") from exc
 
 
+def _check_address(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or \
+            not 0 < int(port) < 65536:
+        raise ConfigError(f"setting {name!r}: {value!r} is not HOST:PORT")
+
+
 def _validate(settings: Settings) -> Settings:
-    host, sep, port = settings.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"setting 'listen': {settings.listen!r} is not HOST:PORT")
+    _check_address("listen", settings.listen)
+    if settings.metrics_listen:
+        _check_address("metrics_listen", settings.metrics_listen)
+        if settings.metrics_address == (settings.host, settings.port):
+            raise ConfigError("setting 'metrics_listen': must differ from 'listen' (leave it empty "
+                              "to serve /metrics on the main listener)")
     for name in ("public_url", "storage_addr"):
         url = getattr(settings, name)
         if url and not url.startswith(("http://", "https://")):

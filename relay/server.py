@@ -1,4 +1,9 @@
-"""``relay serve``: the API, /admin, the player pages, stored files and ops in one aiohttp app."""
+"""``relay serve``: the API, /admin, the player pages, stored files and ops in one aiohttp app.
+
+Every connection goes through :mod:`relay.connections` (a request-head deadline, JSON answers to
+requests aiohttp cannot parse). ``/metrics`` is on the main listener, or, with ``metrics_listen``,
+on that address only (a second small app in the same process) for operators who keep it private.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 import gc
 import logging
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +20,8 @@ from aiohttp import web
 
 from . import admin, api, ops, player
 from .catalogue import Catalogue
-from .config import Settings
+from .config import ConfigError, Settings
+from .connections import GuardedRunner
 from .hub import Hub
 from .link import endpoint as link_endpoint
 from .live import setup_live
@@ -76,7 +83,8 @@ def build_app(services: Services) -> web.Application:
     ops.add_routes(app)
     link_endpoint.add_routes(app)
     setup_live(app)
-    app.router.add_get("/metrics", services.metrics.handle)
+    if services.settings.metrics_address is None:
+        app.router.add_get("/metrics", services.metrics.handle)
 
     async def close_catalogue(_app: web.Application) -> None:
         await services.catalogue.close()
@@ -104,31 +112,65 @@ async def create_first_admin(services: Services) -> None:
     )
 
 
-def serve(settings: Settings, demo: bool = False) -> None:
-    """Run until SIGINT/SIGTERM; with ``demo``, also a demo agent and camera (see relay.demo)."""
+def build_metrics_app(metrics: Metrics) -> web.Application:
+    """The app of ``metrics_listen``: /metrics and JSON 404s, nothing else."""
+    app = web.Application(middlewares=[json_errors], client_max_size=4096)
+    app.router.add_get("/metrics", metrics.handle)
+    return app
 
-    async def app_factory() -> web.Application:
-        services = await open_services(settings)
-        await services.catalogue.gatherers.all_offline()
-        await create_first_admin(services)
-        log.info("relay listening on %s (public URL %s, data in %s)", settings.listen,
-                 settings.base_url, settings.data.resolve())
-        app = build_app(services)
-        if demo:
-            from .demo import attach_demo_agent
 
-            attach_demo_agent(app)
+#: Idle kept-alive connections close after this (aiohttp's run_app default).
+KEEPALIVE_TIMEOUT = 75.0
+
+
+async def _listen(app: web.Application, setting: str, host: str, port: int,
+                  settings: Settings) -> GuardedRunner:
+    runner = GuardedRunner(app, header_timeout=settings.header_timeout,
+                           access_log_class=AccessLogger, keepalive_timeout=KEEPALIVE_TIMEOUT,
+                           shutdown_timeout=5)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"setting {setting!r}: cannot listen on {host}:{port}: "
+                          f"{exc.strerror or exc}") from exc
+    return runner
+
+
+async def _serve(settings: Settings, demo: bool) -> None:
+    services = await open_services(settings)
+    await services.catalogue.gatherers.all_offline()
+    await create_first_admin(services)
+    app = build_app(services)
+    if demo:
+        from .demo import attach_demo_agent
+
+        attach_demo_agent(app)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runners: list[GuardedRunner] = []
+    try:
+        runners.append(await _listen(app, "listen", settings.host, settings.port, settings))
+        metrics_at = settings.metrics_address
+        if metrics_at is not None:
+            runners.append(await _listen(build_metrics_app(services.metrics), "metrics_listen",
+                                         *metrics_at, settings))
+        log.info("relay listening on %s (public URL %s, data in %s; /metrics on %s)",
+                 settings.listen, settings.base_url, settings.data.resolve(),
+                 settings.metrics_listen or "the same listener")
         # Everything loaded so far (modules, the app) lives as long as the process: keep it out of
         # the garbage collector's full passes, which otherwise walk it all and stall requests.
         gc.freeze()
-        return app
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):  # the main app's cleanup closes the catalogue
+            await runner.cleanup()
 
-    web.run_app(
-        app_factory(),
-        host=settings.host,
-        port=settings.port,
-        access_log_class=AccessLogger,
-        print=lambda *_: None,
-        shutdown_timeout=5,
-    )
+
+def serve(settings: Settings, demo: bool = False) -> None:
+    """Run until SIGINT/SIGTERM; with ``demo``, also a demo agent and camera (see relay.demo)."""
+    asyncio.run(_serve(settings, demo))
     sys.stdout.flush()
