@@ -55,10 +55,20 @@ def _parser() -> argparse.ArgumentParser:
     key_actions = keys.add_subparsers(dest="action", required=True)
     key_add = key_actions.add_parser("add", help="create a key and print it (shown once)")
     key_add.add_argument("name")
+    key_add.add_argument("--gatherers", type=int, default=1, metavar="N",
+                         help="how many gatherers (agent machines) the key may register (default 1)")
     key_revoke = key_actions.add_parser("revoke", help="refuse this key from now on")
     key_revoke.add_argument("name")
-    key_list = key_actions.add_parser("list", help="list keys (names only)")
-    for sub in (key_add, key_revoke, key_list):
+    key_limit = key_actions.add_parser("limit", help="set how many gatherers the key may register")
+    key_limit.add_argument("name")
+    key_limit.add_argument("gatherers", type=int, metavar="N")
+    key_rebind = key_actions.add_parser(
+        "rebind", help="give a gatherer to this key; its next hello may come from new hardware "
+                       "(a new MAC), which then takes the gatherer over with its cameras")
+    key_rebind.add_argument("name")
+    key_rebind.add_argument("gather_id", type=int, metavar="GATHER_ID")
+    key_list = key_actions.add_parser("list", help="list keys: name, state, gatherers owned")
+    for sub in (key_add, key_revoke, key_limit, key_rebind, key_list):
         _common(sub)
 
     user = commands.add_parser("user", help="manage accounts")
@@ -84,18 +94,38 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _agent_keys(args: argparse.Namespace, settings: Settings) -> None:
-    catalogue = await Catalogue.open(settings.db_url)
+    catalogue = await _existing_catalogue(settings)
+    keys = catalogue.agent_keys
     try:
         if args.action == "add":
-            print(await catalogue.agent_keys.add(args.name))
+            print(await keys.add(args.name, args.gatherers))
         elif args.action == "revoke":
-            await catalogue.agent_keys.revoke(args.name)
+            await keys.revoke(args.name)
             print(f"revoked agent key {args.name}", file=sys.stderr)
+        elif args.action == "limit":
+            await keys.set_limit(args.name, args.gatherers)
+            print(f"agent key {args.name} may register {args.gatherers} gatherer(s)", file=sys.stderr)
+        elif args.action == "rebind":
+            await keys.rebind(args.name, args.gather_id)
+            print(f"gatherer {args.gather_id} belongs to agent key {args.name}; its next hello with "
+                  "that key takes it over, from this machine or a new one", file=sys.stderr)
         else:
-            for key in await catalogue.agent_keys.list():
-                print(f"{key.name}\t{'revoked' if key.revoked else 'active'}")
+            for key in await keys.list():
+                owned = ",".join(map(str, key.gatherers)) or "-"
+                print(f"{key.name}\t{'revoked' if key.revoked else 'active'}\t"
+                      f"gatherers {len(key.gatherers)}/{key.max_gatherers}: {owned}")
     finally:
         await catalogue.close()
+
+
+async def _existing_catalogue(settings: Settings) -> Catalogue:
+    """The catalogue a management command works on; never a new, empty one made by mistake in
+    the folder it was run from (``relay user list`` printing nothing)."""
+    try:
+        return await Catalogue.open(settings.db_url, create=False)
+    except CatalogueUnavailable as exc:
+        raise CommandError(f"{exc}; pass --data DIR (or RELAY_DATA) of a relay that has run, "
+                           "or start one there with `relay serve --data DIR`") from exc
 
 
 def _agent(args: argparse.Namespace) -> None:
@@ -131,7 +161,7 @@ def _new_password(name: str) -> str:
 
 
 async def _user(args: argparse.Namespace, settings: Settings) -> None:
-    catalogue = await Catalogue.open(settings.db_url)
+    catalogue = await _existing_catalogue(settings)
     accounts = catalogue.accounts
     try:
         if args.action == "add":

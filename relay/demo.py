@@ -28,7 +28,7 @@ DEMO_CAMERA = "演示通道 Demo camera"
 
 def demo_paths(settings: Settings) -> tuple[Path, Path, Path]:
     """The demo's key file, the agent's data dir and the demo video."""
-    root = settings.data / "demo"
+    root = settings.data.resolve() / "demo"  # the camera names its file by absolute path
     return root / "agent.key", root / "agent", root / "agent" / "demo.mp4"
 
 

@@ -479,3 +479,33 @@ async def test_parallel_failed_sign_ins_cannot_exceed_the_limit(api, visitor):
     assert statuses.count(401) == 10, sorted(statuses)
     assert statuses.count(429) == 30, sorted(statuses)
     assert (await visitor().sign_in("admin", ADMIN_PASSWORD)).status == 429
+
+
+async def test_another_accounts_success_does_not_clear_the_failures_against_one(api, visitor):
+    """Once: nine wrong guesses for ``admin``, then ``bob`` signs in, over and over, never locked."""
+    await api.services.catalogue.accounts.add("bob", "bob's long password", is_admin=False)
+    guesser = visitor()
+    statuses = []
+    for round_no in range(3):
+        for attempt in range(9):
+            statuses.append((await guesser.sign_in("admin", f"guess {round_no}.{attempt}")).status)
+        statuses.append((await visitor().sign_in("bob", "bob's long password")).status)
+    assert statuses[:9] == [401] * 9 and statuses[9] == 303  # bob is let in once
+    assert statuses[10] == 401  # the tenth failure from this address
+    assert set(statuses[11:]) == {429}  # and then it is blocked, bob's right password too
+    assert (await visitor().sign_in("admin", ADMIN_PASSWORD)).status == 429
+
+
+def test_failures_count_per_account_across_addresses_and_a_success_clears_only_its_own():
+    failures = relay.admin.FailedSignIns(limit=3, window=60)
+    for address in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):  # one guess each, from three addresses
+        assert failures.attempt(address, "boss")
+    assert failures.blocked("10.0.0.4", "boss")  # the account has had its three
+    assert not failures.blocked("10.0.0.4", "bob")  # others may sign in from there
+    assert failures.attempt("10.0.0.1", "bob")
+    failures.succeeded("10.0.0.1", "bob")  # bob's right password clears bob's failure only
+    assert failures.blocked("10.0.0.1", "boss")
+    failures.succeeded("10.0.0.1", "boss")  # the owner signs in from .1: .2 and .3 still count
+    assert not failures.blocked("10.0.0.1", "boss")
+    assert failures.attempt("10.0.0.2", "boss")  # the third failure again
+    assert failures.blocked("10.0.0.9", "boss")

@@ -33,7 +33,8 @@ class Relay:
 def relay(tmp_path: Path) -> Iterator[Relay]:
     process = start_relay(tmp_path / "data", "--agent-heartbeat", "1")
     try:
-        key = run_relay("agent-key", "add", "lab", "--data", str(tmp_path / "data")).stdout.strip()
+        key = run_relay("agent-key", "add", "lab", "--gatherers", "10", "--data",
+                      str(tmp_path / "data")).stdout.strip()
         yield Relay(process, key)
     finally:
         stop_relay(process)
@@ -91,6 +92,27 @@ async def test_a_bad_first_message_closes_the_link(relay: Relay, http, first, re
     await ws.send_str(first)
     assert await closed_with(ws) == 4001
     assert reason in relay.log()
+
+
+async def test_messages_nested_too_deep_or_with_huge_numbers_are_refused_cleanly(relay: Relay, http):
+    """Once a RecursionError and an OverflowError that dropped the link with a traceback."""
+    deep = json.dumps(hello())[:-1] + ', "extra": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    ws = await connect(http, relay)
+    await ws.send_str(deep)
+    assert await closed_with(ws) == 4001
+    for report in ({"type": "status", "camera_id": 2**70, "status": 1},
+                   {"type": "status", "camera_id": True, "status": 1},
+                   {"type": "status", "camera_id": 1, "status": True},
+                   {"type": "status", "camera_id": 1, "status": 1, "err_msg": {"a": 1}}):
+        ws, _ = await welcomed(http, relay)
+        await ws.send_json(report)
+        assert await closed_with(ws) == 4002, report
+    ws, _ = await welcomed(http, relay)
+    await ws.send_str('{"type": "status", "camera_id": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert await closed_with(ws) == 4002
+    log = relay.log()
+    assert "Traceback" not in log and "Error" not in log, log[-3000:]
+    assert log.count("malformed status report") == 4 and "nested too deep" in log
 
 
 async def test_no_hello_in_time(relay: Relay, http):

@@ -394,3 +394,38 @@ def test_a_slow_relay_loses_whole_gops_never_frames_within_one():
     assert queue.offer(frame(13, keyframe=True))  # a keyframe that does not fit replaces the waiting
     assert [queue.pop().pts for _ in range(len(queue))] == [13]  # type: ignore[union-attr]
     assert queue.dropped == 7
+
+
+async def test_mode_1_never_fetches_a_url_and_stays_inside_the_media_folders(
+        start, videos, aiohttp_server, tmp_path: Path):
+    """Once, ``stream_mp4=http://127.0.0.1:…/demo.mp4`` made the agent fetch it (SSRF)."""
+    fetched: list[str] = []
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        fetched.append(request.path)
+        return web.FileResponse(videos["demo"])
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    web_server = await aiohttp_server(app)
+    urls = [str(web_server.make_url("/demo.mp4")), f"concat:{videos['demo']}|{videos['demo']}",
+            "file:" + str(videos["demo"]), "//127.0.0.1/demo.mp4", "demo.mp4"]
+    cameras = [camera(videos["demo"], camera_id=20 + index, stream_mp4=url)
+               for index, url in enumerate(urls)]
+    relay, agent = await start(*cameras)
+    for index in range(len(urls)):
+        report = await relay.status(20 + index, 0)
+        assert "not a URL" in report["err_msg"], report
+    assert fetched == []
+    # With media folders set, a file elsewhere is refused and one inside plays.
+    inside = tmp_path / "media" / "lesson.mp4"
+    inside.parent.mkdir()
+    inside.write_bytes(videos["demo"].read_bytes())
+    agent.config = AgentConfig(mac_addr="02:00:00:00:00:77", media_dirs=(inside.parent,))
+    await relay.command(protocol.CAMERA_ADD, **camera(videos["demo"], camera_id=30))
+    await relay.command(protocol.CAMERA_ADD, **camera(inside, camera_id=31))
+    await relay.command(protocol.CAMERA_ADD, **camera(inside.parent / ".." / videos["demo"].name,
+                                                      camera_id=32))
+    assert "outside this gatherer's media folders" in (await relay.status(30, 0))["err_msg"]
+    assert (await relay.status(31, 1))["status"] == 1
+    assert "outside" in (await relay.status(32, 0))["err_msg"]

@@ -56,6 +56,12 @@ async def test_add_camera_refusals(api):
          "stream_prop"),
         ({"camera_name": "x" * 129, "gather_id": gather_id, "stream_prop": 1,
           "stream_mp4": "/a.mp4"}, 1009, "camera_name"),
+        # Mode 1 is a file on the gatherer: never a URL the agent would fetch (SSRF).
+        *(({"camera_name": "x", "gather_id": gather_id, "stream_prop": 1, "stream_mp4": path},
+           1009, "stream_mp4")
+          for path in ("http://127.0.0.1:18480/demo.mp4", "file:///etc/passwd", "concat:/a|/b",
+                       "rtsp://10.0.0.1/x", "//fileserver/share/a.mp4", "\\\\server\\a.mp4",
+                       "videos/a.mp4")),
     ]
     for params, code, param in cases:
         answer = await api.call("add_camera", **params)
@@ -73,6 +79,9 @@ async def test_mod_camera(api):
         device_cmd_port=8000, device_mirror=1, device_osd=1, device_twice=1, device_show=0,
     )
     assert answer == {"err_code": 0, "err_msg": "OK", "transmit": OFFLINE}
+    refused = await api.call("mod_camera", camera_id=camera_id, camera_name="x", stream_prop=1,
+                             stream_mp4="http://127.0.0.1/x.mp4")
+    assert (refused["err_code"], refused["err_param"]) == (1009, "stream_mp4")
     [row] = (await api.call("list_camera"))["data"]
     assert row["camera_name"] == "新名字" and row["stream_prop"] == 0
     assert row["device_ip"] == "192.168.1.65" and row["device_pass"] == password

@@ -50,8 +50,33 @@ def test_first_start_prints_admin_and_credential_once(tmp_path: Path):
         stop_relay(second)
 
 
+def make_catalogue(data: str) -> None:
+    """What a first ``relay serve`` leaves behind: a catalogue (the commands refuse a data dir
+    without one)."""
+    stop_relay(start_relay(Path(data)))
+
+
+def test_management_commands_refuse_a_data_dir_without_a_catalogue(tmp_path: Path):
+    empty = tmp_path / "elsewhere"
+    for command in (("user", "list"), ("user", "credential", "admin"), ("agent-key", "list"),
+                    ("agent-key", "add", "site"), ("user", "add", "x")):
+        result = relay(*command, "--data", str(empty), env={"RELAY_PASSWORD": "long enough"},
+                       check=False)
+        assert result.returncode == 1, command
+        assert f"no catalogue at {empty.resolve() / 'relay.sqlite3'}" in result.stderr, result.stderr
+        assert "--data" in result.stderr and "Traceback" not in result.stderr
+    assert not empty.exists()  # nothing was made there
+    # Run from another folder without --data: the message names ./data, resolved.
+    result = subprocess.run([*RELAY, "user", "list"], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path, env={k: v for k, v in os.environ.items()
+                                               if k != "RELAY_DATA"})
+    assert result.returncode == 1 and str(tmp_path / "data") in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def test_user_commands(tmp_path: Path):
     data = str(tmp_path / "data")
+    make_catalogue(data)
     relay("user", "add", "boss", "--admin", "--data", data, env={"RELAY_PASSWORD": "long enough"})
     relay("user", "add", "teacher", env={"RELAY_PASSWORD": "long enough", "RELAY_DATA": data})
     credential = relay("user", "credential", "boss", "--data", data).stdout.strip()
@@ -61,7 +86,7 @@ def test_user_commands(tmp_path: Path):
 
     server = start_relay(Path(data))
     try:
-        assert server.banner == ""  # accounts exist: no first-start admin
+        assert server.banner == ""  # the first start printed its banner already
         base = server.base_url
         token = get_json(f"{base}/api/v1/access_token?unionid={credential}")["token"]
         assert get_json(f"{base}/api/v1/list_gather?token={token}")["err_code"] == 0
@@ -85,6 +110,7 @@ def test_user_commands(tmp_path: Path):
 
 def test_user_command_errors_are_clear(tmp_path: Path):
     data = str(tmp_path / "data")
+    make_catalogue(data)
     short = relay("user", "add", "x", "--data", data, env={"RELAY_PASSWORD": "short"},
                   check=False)
     assert short.returncode == 1 and "at least 8" in short.stderr

@@ -121,6 +121,8 @@ class Agent:
                 await ws.send_json(self._hello())
                 welcome = await asyncio.wait_for(ws.receive(), protocol.HELLO_TIMEOUT * 2)
                 if welcome.type != aiohttp.WSMsgType.TEXT:
+                    if ws.close_code == protocol.REFUSED_GATHERER:
+                        raise LinkRefused(f"the relay refused this gatherer: {welcome.extra or ''}")
                     raise LinkRefused(f"no welcome: {ws.close_code} {welcome.extra or ''}".strip())
                 body = welcome.json()
                 self.state.adopt(body["gather_id"], body["state"])
@@ -247,11 +249,12 @@ class Agent:
             ), MEDIA_CONNECT_TIMEOUT)
         except aiohttp.WSServerHandshakeError as exc:
             log.warning("camera %d: the relay refused the media socket of push %s: HTTP %d %s",
-                        camera_id, push_id, exc.status, exc.message)
+                        camera_id, protocol.push_label(push_id), exc.status, exc.message)
             return protocol.answer(protocol.BAD_COMMAND,
                                    f"the relay refused the media socket: HTTP {exc.status}")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("camera %d: media socket of push %s failed: %s", camera_id, push_id,
+            log.warning("camera %d: media socket of push %s failed: %s", camera_id,
+                        protocol.push_label(push_id),
                         exc or exc.__class__.__name__)
             return protocol.answer(protocol.BAD_COMMAND,
                                    f"the media socket failed: {exc or exc.__class__.__name__}")
@@ -263,8 +266,8 @@ class Agent:
         self.pushes[camera_id] = push
         push.start()
         if old is not None:
-            old.stop(f"replaced by push {push_id}")
-        log.info("camera %d: push %s started", camera_id, push_id)
+            old.stop(f"replaced by push {protocol.push_label(push_id)}")
+        log.info("camera %d: push %s started", camera_id, protocol.push_label(push_id))
         return protocol.answer(data={"camera_id": camera_id, "push_id": push_id})
 
     def _live_stop(self, camera_id: int, push_id: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Read from a TOML file (``--config``)::
 
     mac_addr = "02:00:00:00:00:01"        # default: this machine's MAC
     name_pc = "classroom-7"               # default: the host name
+    media_dirs = ["/srv/videos"]          # mode-1 files must be inside these (default: anywhere)
 
     [vendors]                             # RTSP URL templates by vendor; Hikvision is built in
     dahua = "rtsp://{user}:{password}@{ip}:{rtsp_port}/cam/realmonitor?channel=1&subtype=0"
@@ -64,6 +65,10 @@ class AgentConfig:
     os_name: str = field(default_factory=lambda: f"{platform.system()} {platform.release()}")
     devices: tuple[Device, ...] = ()
     vendors: dict[str, str] = field(default_factory=lambda: dict(VENDORS))
+    #: Folders mode-1 files (``stream_mp4``) must be in; empty: any local file. The relay's API
+    #: decides which file a camera plays, so a site that does not trust it with every file the
+    #: agent can read names its video folders here.
+    media_dirs: tuple[Path, ...] = ()
 
     def device(self, device_ip: str) -> Device | None:
         return next((d for d in self.devices if d.device_ip == device_ip), None)
@@ -76,7 +81,7 @@ def load_agent_config(path: Path | None) -> AgentConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise AgentConfigError(f"agent config {path}: {exc}") from exc
-    unknown = set(raw) - {"mac_addr", "name_pc", "os_name", "vendors", "devices"}
+    unknown = set(raw) - {"mac_addr", "name_pc", "os_name", "vendors", "devices", "media_dirs"}
     if unknown:
         raise AgentConfigError(f"agent config {path}: unknown setting(s) {', '.join(sorted(unknown))}")
     try:
@@ -84,6 +89,9 @@ def load_agent_config(path: Path | None) -> AgentConfig:
     except TypeError as exc:
         raise AgentConfigError(f"agent config {path}: bad [[devices]] entry: {exc}") from exc
     vendors = {**VENDORS, **raw.get("vendors", {})}
+    media_dirs = raw.get("media_dirs", [])
+    if not isinstance(media_dirs, list) or not all(isinstance(d, str) and d for d in media_dirs):
+        raise AgentConfigError(f"agent config {path}: media_dirs must be a list of folders")
     for device in devices:
         if device.vendor not in vendors:
             raise AgentConfigError(f"agent config {path}: no URL template for vendor {device.vendor!r}")
@@ -94,4 +102,5 @@ def load_agent_config(path: Path | None) -> AgentConfig:
         os_name=raw.get("os_name", defaults.os_name),
         devices=devices,
         vendors=vendors,
+        media_dirs=tuple(Path(d).expanduser().resolve() for d in media_dirs),
     )

@@ -389,7 +389,7 @@ class Push:
         self.ended = True
         self.source.remove_tap(self._from_thread)
         log.info("camera %d: push %s ended (%s) after %d frame(s), %d dropped", self.camera_id,
-                 self.push_id, reason, self.sent, self.queue.dropped)
+                 protocol.push_label(self.push_id), reason, self.sent, self.queue.dropped)
         self._on_end(self)
 
     async def _watch(self) -> None:

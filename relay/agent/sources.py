@@ -1,9 +1,10 @@
 """Camera sources: where each camera's video comes from, and a thread that keeps it open.
 
-Mode 1 reads an MP4 file on this machine, looped and paced in real time; mode 2 an rtsp:// or
-rtmp:// URL; mode 0 an IP camera's RTSP URL built from its address, user, password and its vendor's
-template. PyAV calls block, so each open source runs in its own thread and reports to the agent's
-event loop through ``report(source, status, err_msg)``.
+Mode 1 reads an MP4 file on this machine (an absolute path, inside the config's ``media_dirs`` when
+it names any; never a URL, so the relay's API cannot make the agent fetch one), looped and paced in
+real time; mode 2 an rtsp:// or rtmp:// URL; mode 0 an IP camera's RTSP URL built from its address,
+user, password and its vendor's template. PyAV calls block, so each open source runs in its own
+thread and reports to the agent's event loop through ``report(source, status, err_msg)``.
 
 While a camera is pushed live, its source hands every video frame (see :mod:`.push`) to the push's
 tap, in its own thread. It keeps the current GOP (from the last IDR) so a new push starts with it.
@@ -19,11 +20,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import av
 
+from ..link.protocol import is_file_path
 from .config import AgentConfig
 from .push import (
     DEFAULT_KBPS,
@@ -56,9 +59,7 @@ class SourceError(Exception):
 def source_url(camera: dict[str, Any], config: AgentConfig) -> str:
     mode = camera["stream_prop"]
     if mode == 1:
-        if not camera["stream_mp4"]:
-            raise SourceError("no MP4 file configured")
-        return camera["stream_mp4"]
+        return _media_file(camera["stream_mp4"], config)
     if mode == 2:
         url = camera["stream_url"]
         if not url.lower().startswith(("rtsp://", "rtmp://")):
@@ -77,6 +78,18 @@ def source_url(camera: dict[str, Any], config: AgentConfig) -> str:
         rtsp_port=device.rtsp_port if device else 554,
         cmd_port=camera["device_cmd_port"],
     )
+
+
+def _media_file(path: str, config: AgentConfig) -> str:
+    """A mode-1 file as FFmpeg's ``file:`` URL (so no part of the name is read as a protocol)."""
+    if not path:
+        raise SourceError("no MP4 file configured")
+    if not is_file_path(path):
+        raise SourceError("stream_mp4 must be an absolute file path on this gatherer, not a URL")
+    resolved = Path(path).resolve()
+    if config.media_dirs and not any(resolved.is_relative_to(d) for d in config.media_dirs):
+        raise SourceError("stream_mp4 is outside this gatherer's media folders")
+    return "file:" + str(resolved)
 
 
 def describe(url: str) -> str:
@@ -172,7 +185,9 @@ class CameraSource:
 
     def _read(self) -> None:
         options = {} if self.is_file else {"rtsp_transport": "tcp"}
-        with av.open(self.url, options=options, timeout=(OPEN_TIMEOUT, READ_TIMEOUT)) as container:
+        # A file is read as MP4 only: another demuxer (HLS, concat) could fetch what it names.
+        with av.open(self.url, format="mp4" if self.is_file else None, options=options,
+                     timeout=(OPEN_TIMEOUT, READ_TIMEOUT)) as container:
             if not container.streams.video:
                 raise SourceError("no video stream")
             stream = container.streams.video[0]

@@ -51,10 +51,18 @@ def _device_pass(params: Params) -> str | None:
     return value
 
 
+def _stream_mp4(params: Params) -> str | None:
+    """Mode 1's file: an absolute path on the gatherer, never a URL the agent would fetch."""
+    path = params.text("stream_mp4", 1024)
+    if path is not None and not protocol.is_file_path(path):
+        raise ApiError(Code.BAD_PARAM, "stream_mp4")
+    return path
+
+
 def _source_fields(params: Params) -> dict[str, Any]:
     fields = {
         "stream_url": _stream_url(params),
-        "stream_mp4": params.text("stream_mp4", 1024),
+        "stream_mp4": _stream_mp4(params),
     }
     return {key: value for key, value in fields.items() if value is not None}
 

@@ -16,7 +16,7 @@ from .agent_keys import AgentKey, AgentKeys
 from .cameras import Cameras, DeletedCameras
 from .courses import Courses
 from .database import CatalogueUnavailable, Database
-from .errors import AlreadyExists, CatalogueError, CourseOverlap, NotFound
+from .errors import AlreadyExists, CatalogueError, CourseOverlap, GathererRefused, NotFound
 from .gatherers import Gatherers
 from .paging import Page
 from .records import Records
@@ -30,6 +30,7 @@ __all__ = [
     "CatalogueUnavailable",
     "CourseOverlap",
     "DeletedCameras",
+    "GathererRefused",
     "NotFound",
     "Page",
 ]
@@ -46,9 +47,10 @@ class Catalogue:
         self.records = Records(db, clock)
 
     @classmethod
-    async def open(cls, url: str, clock: Callable[[], float] = time.time) -> Catalogue:
-        """Connect, creating or upgrading the schema first."""
-        return cls(await Database.open(url), clock)
+    async def open(cls, url: str, clock: Callable[[], float] = time.time, create: bool = True
+                   ) -> Catalogue:
+        """Connect, creating (unless ``create`` is False) or upgrading the schema first."""
+        return cls(await Database.open(url, create), clock)
 
     async def close(self) -> None:
         await self.db.close()

@@ -55,6 +55,12 @@ _STARTED = select(cameras.c.gather_id, cameras.c.started).where(
     cameras.c.camera_id == bindparam("camera_id")
 )
 
+_OWNER_KEY = (
+    select(gatherers.c.key_id)
+    .select_from(cameras.join(gatherers, gatherers.c.gather_id == cameras.c.gather_id))
+    .where(cameras.c.camera_id == bindparam("camera_id"))
+)
+
 _SET_STARTED = (  # (an UPDATE's bindparams must not be named after columns)
     update(cameras)
     .where(cameras.c.camera_id == bindparam("which"))
@@ -147,6 +153,11 @@ class Cameras:
             if not changed:  # deleted since the lookup
                 raise NotFound(f"no camera {camera_id}", [camera_id])
         return rows[0]["gather_id"]
+
+    async def owner_key(self, camera_id: int) -> int | None:
+        """The agent key that owns the camera's gatherer (None: no such camera, or not bound)."""
+        rows = await self._db.lookup(_OWNER_KEY, camera_id=camera_id)
+        return rows[0]["key_id"] if rows else None
 
     async def set_status(self, gather_id: int, camera_id: int, status: int) -> bool:
         """The agent's report: -1 reset, 0 offline, 1 online. Only for its own gatherer's cameras;

@@ -24,6 +24,10 @@ class AlreadyExists(CatalogueError):
     """A unique name is taken."""
 
 
+class GathererRefused(CatalogueError):
+    """An agent may not register as this gatherer (another key owns it, or its key is full)."""
+
+
 class CourseOverlap(CatalogueError):
     """A course would overlap another course of the same camera and weekday."""
 

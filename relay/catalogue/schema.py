@@ -1,8 +1,11 @@
 """The catalogue's tables (SQLAlchemy Core, portable between SQLite and PostgreSQL).
 
 Times are stored as integer Unix seconds and formatted in the configured zone on the way out.
-``SCHEMA_VERSION`` is written to ``meta``; ``MIGRATIONS`` maps each later version to the statements
-that bring the previous version up to it.
+``SCHEMA_VERSION`` is written to ``meta``; ``migrations.py`` brings an older catalogue up to it.
+
+Ids are never reused (SQLite ``AUTOINCREMENT``, PostgreSQL identity columns): a deleted camera's id
+never names a new camera, so nothing that still carries the old id (a play ticket, a bookmark, an
+agent's state file) can open the new one.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -19,12 +23,18 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
-
-#: version -> SQL statements applied, in order, to reach that version from the one before.
-MIGRATIONS: dict[int, list[str]] = {}
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
+
+
+def _id(name: str) -> Column:
+    """A primary key that never hands out an id twice."""
+    return Column(name, Integer, Identity(), primary_key=True)
+
+
+#: What every table with an id takes, so SQLite's rowid keeps counting past deleted rows.
+_NEVER_REUSE = {"sqlite_autoincrement": True}
 
 
 def _timestamps() -> list[Column]:
@@ -44,12 +54,13 @@ meta = Table(
 accounts = Table(
     "accounts",
     metadata,
-    Column("account_id", Integer, primary_key=True, autoincrement=True),
+    _id("account_id"),
     Column("name", String(64), nullable=False, unique=True),
     Column("password_hash", String(255), nullable=False),
     Column("is_admin", Integer, nullable=False, default=0),
     Column("credential", String(64), nullable=False, unique=True),
     *_timestamps(),
+    **_NEVER_REUSE,
 )
 
 sessions = Table(
@@ -70,18 +81,26 @@ sessions = Table(
 agent_keys = Table(
     "agent_keys",
     metadata,
-    Column("key_id", Integer, primary_key=True, autoincrement=True),
+    _id("key_id"),
     Column("name", String(64), nullable=False, unique=True),
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("revoked", BigInteger, nullable=False, default=0),
     Column("created", BigInteger, nullable=False),
+    # How many gatherers this key may register (each agent machine is one gatherer).
+    Column("max_gatherers", Integer, nullable=False, default=1, server_default="1"),
+    # An operator's re-bind (``relay agent-key rebind``): the next hello with this key from a MAC no
+    # gatherer has takes this gatherer over (replaced hardware keeps its cameras and history).
+    Column("takeover_gather_id", Integer, nullable=True),
+    **_NEVER_REUSE,
 )
 
 gatherers = Table(
     "gatherers",
     metadata,
-    Column("gather_id", Integer, primary_key=True, autoincrement=True),
+    _id("gather_id"),
     Column("mac_addr", String(64), nullable=False, unique=True),
+    # The agent key this gatherer belongs to: only a hello with this key is welcomed as it.
+    Column("key_id", Integer, ForeignKey("agent_keys.key_id"), nullable=True, index=True),
     Column("ip_addr", String(64), nullable=False, default=""),
     Column("name_pc", String(128), nullable=False, default=""),
     Column("name_set", String(128), nullable=False, default=""),
@@ -95,12 +114,13 @@ gatherers = Table(
     Column("snap_val", Integer, nullable=False, default=2),
     Column("status", Integer, nullable=False, default=0),
     *_timestamps(),
+    **_NEVER_REUSE,
 )
 
 cameras = Table(
     "cameras",
     metadata,
-    Column("camera_id", Integer, primary_key=True, autoincrement=True),
+    _id("camera_id"),
     Column(
         "gather_id",
         Integer,
@@ -125,12 +145,13 @@ cameras = Table(
     Column("status", Integer, nullable=False, default=0),
     Column("clicks", BigInteger, nullable=False, default=0),
     *_timestamps(),
+    **_NEVER_REUSE,
 )
 
 snapshots = Table(
     "snapshots",
     metadata,
-    Column("image_id", Integer, primary_key=True, autoincrement=True),
+    _id("image_id"),
     Column(
         "camera_id",
         Integer,
@@ -140,12 +161,13 @@ snapshots = Table(
     ),
     Column("image_fdfs", String(1024), nullable=False),
     Column("created", BigInteger, nullable=False),
+    **_NEVER_REUSE,
 )
 
 records = Table(
     "records",
     metadata,
-    Column("record_id", Integer, primary_key=True, autoincrement=True),
+    _id("record_id"),
     Column("gather_id", Integer, nullable=False),
     Column(
         "camera_id",
@@ -160,12 +182,13 @@ records = Table(
     Column("duration", Integer, nullable=False, default=0),
     Column("clicks", BigInteger, nullable=False, default=0),
     *_timestamps(),
+    **_NEVER_REUSE,
 )
 
 courses = Table(
     "courses",
     metadata,
-    Column("course_id", Integer, primary_key=True, autoincrement=True),
+    _id("course_id"),
     Column(
         "camera_id",
         Integer,
@@ -177,6 +200,7 @@ courses = Table(
     Column("start_sec", Integer, nullable=False),
     Column("elapse_sec", Integer, nullable=False),
     *_timestamps(),
+    **_NEVER_REUSE,
 )
 
 Index("courses_by_camera_day", courses.c.camera_id, courses.c.week_id)

@@ -3,7 +3,9 @@
 An unknown or revoked key is refused before the WebSocket upgrade (401) and logged without the
 key. After the upgrade the first message must be a valid hello within ``HELLO_TIMEOUT``; the agent
 is then registered (gatherer online, its cameras at -1 until reported), becomes the gatherer's live
-link in the hub (closing an older link for the same MAC) and receives its full desired state.
+link in the hub (closing an older link for the same MAC) and receives its full desired state. A
+hello for a gatherer another key owns, or one more gatherer than the key may have, is refused
+(closed with ``REFUSED_GATHERER`` and logged) before anything of the gatherer is sent or changed.
 
 While links are up, ``KeyWatch`` rechecks each agent key in use every ``agent_key_recheck`` seconds,
 once for all the links that use it, and ends those links when the key has been revoked.
@@ -12,20 +14,17 @@ once for all the links that use it, and ends those links when the key has been r
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from ..catalogue import AgentKey
+from ..catalogue import AgentKey, GathererRefused
 from ..services import SERVICES, Services
 from . import protocol
-from .session import AgentSession, Refused
+from .messages import Refused, parse_hello
+from .session import AgentSession
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,6 @@ log = logging.getLogger(__name__)
 #: its busy timeout (an error, and a retry, for that agent), as in a reconnect storm of thousands.
 MAX_REGISTERING = 4
 REGISTERING = web.AppKey("agent_registrations", asyncio.Semaphore)
-
-_MAC = re.compile(r"[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}")
-_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
-
 
 async def agent_key(request: web.Request) -> AgentKey | None:
     """The valid agent key a request carries in ``Authorization: Bearer``; a refusal is logged
@@ -49,60 +44,6 @@ async def agent_key(request: web.Request) -> AgentKey | None:
         log.warning("refused agent from %s: %s", request.remote,
                     "unknown or revoked key" if key else "no key")
     return record
-
-
-def _text(message: dict[str, Any], key: str, limit: int) -> str:
-    value = message.get(key, "")
-    if not isinstance(value, str) or len(value) > limit or any(ord(ch) < 32 for ch in value):
-        raise Refused(f"hello: bad {key}")
-    return value
-
-
-def _device(raw: Any) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise Refused("hello: a device is not an object")
-    device = {
-        "camera_name": _text(raw, "camera_name", 128) or str(raw.get("device_ip", ""))[:128],
-        "device_ip": _text(raw, "device_ip", 255),
-        "device_user": _text(raw, "device_user", 128),
-        "device_pass": _text(raw, "device_pass", 255),
-    }
-    if not _HOST.fullmatch(device["device_ip"]):
-        raise Refused("hello: bad device_ip")
-    try:
-        base64.b64decode(device["device_pass"], validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise Refused("hello: device_pass is not base64") from exc
-    port = raw.get("device_cmd_port", 8000)
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise Refused("hello: bad device_cmd_port")
-    device["device_cmd_port"] = port
-    return device
-
-
-def parse_hello(text: str) -> dict[str, Any]:
-    try:
-        message = json.loads(text)
-    except ValueError as exc:
-        raise Refused("garbage before hello") from exc
-    if not isinstance(message, dict) or message.get("type") != "hello":
-        raise Refused("spoke before saying hello")
-    if message.get("protocol") != protocol.PROTOCOL:
-        raise Refused(f"unsupported protocol {str(message.get('protocol'))[:16]}")
-    mac = _text(message, "mac_addr", 64)
-    if not _MAC.fullmatch(mac):
-        raise Refused("hello: bad mac_addr")
-    devices = message.get("devices", [])
-    if not isinstance(devices, list) or len(devices) > protocol.MAX_DEVICES:
-        raise Refused("hello: bad devices")
-    return {
-        "mac_addr": mac.lower().replace("-", ":"),
-        "ip_addr": _text(message, "ip_addr", 64),
-        "name_pc": _text(message, "name_pc", 128),
-        "os_name": _text(message, "os_name", 128),
-        "version": _text(message, "version", 32),
-        "devices": [_device(device) for device in devices],
-    }
 
 
 async def _read_hello(ws: web.WebSocketResponse) -> dict[str, Any]:
@@ -134,11 +75,17 @@ async def agent_endpoint(request: web.Request) -> web.StreamResponse:
     async with request.app[REGISTERING]:
         if ws.closed:  # it gave up waiting for its turn
             return ws
-        gather_id = await services.catalogue.gatherers.register(
-            hello["mac_addr"], hello["ip_addr"], hello["name_pc"], hello["os_name"],
-            hello["devices"],
-        )
-    session = AgentSession(ws, gather_id, peer)
+        try:
+            gather_id = await services.catalogue.gatherers.register(
+                hello["mac_addr"], hello["ip_addr"], hello["name_pc"], hello["os_name"],
+                hello["devices"], key_id=record.key_id,
+            )
+        except GathererRefused as refusal:
+            log.warning("refused agent %s (%s) from %s (key %r): %s", hello["name_pc"],
+                        hello["mac_addr"], peer, record.name, refusal)
+            await ws.close(code=protocol.REFUSED_GATHERER, message=str(refusal).encode()[:120])
+            return ws
+    session = AgentSession(ws, gather_id, peer, record.key_id)
     previous = services.hub.attach(gather_id, session)
     if previous is not None:
         log.warning("gatherer %d (%s): a newer connection from %s replaces the one from %s",
@@ -154,7 +101,7 @@ async def agent_endpoint(request: web.Request) -> web.StreamResponse:
         await session.welcome(
             protocol.desired_state(await services.catalogue.gatherers.desired_state(gather_id))
         )
-        keys.watch(record.key_id, session, lambda: services.catalogue.agent_keys.is_valid(record.key_id),
+        keys.watch(record.key_id, session, lambda: services.catalogue.agent_keys.owned(record.key_id),
                    services.settings.agent_key_recheck)
         await session.run(
             lambda camera_id, status, err_msg: _on_status(services, gather_id, camera_id, status,
@@ -181,7 +128,9 @@ async def _on_status(services: Services, gather_id: int, camera_id: int, status:
 
 
 class KeyWatch:
-    """Rechecks each agent key in use every ``interval`` seconds and ends its links once revoked.
+    """Rechecks each agent key in use every ``interval`` seconds and ends the links it no longer
+    grants: all of them once the key is revoked, and a link whose gatherer an operator has given
+    to another key (``relay agent-key rebind``).
 
     One catalogue read per key and interval, however many links use the key (a per-link check
     was one read per link: 10,000 agents on one key made 333 reads a second on an idle relay, and
@@ -192,11 +141,12 @@ class KeyWatch:
         self._links: dict[int, set[AgentSession]] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
-    def watch(self, key_id: int, session: AgentSession, is_valid: Callable[[], Awaitable[bool]],
-              interval: float) -> None:
+    def watch(self, key_id: int, session: AgentSession,
+              owned: Callable[[], Awaitable[set[int] | None]], interval: float) -> None:
+        """``owned()`` answers the gatherers the key owns now, None once it is revoked."""
         self._links.setdefault(key_id, set()).add(session)
         if key_id not in self._tasks:
-            self._tasks[key_id] = asyncio.create_task(self._recheck(key_id, is_valid, interval))
+            self._tasks[key_id] = asyncio.create_task(self._recheck(key_id, owned, interval))
 
     def forget(self, key_id: int, session: AgentSession) -> None:
         links = self._links.get(key_id)
@@ -209,17 +159,17 @@ class KeyWatch:
             if task is not None:
                 task.cancel()
 
-    async def _recheck(self, key_id: int, is_valid: Callable[[], Awaitable[bool]],
+    async def _recheck(self, key_id: int, owned: Callable[[], Awaitable[set[int] | None]],
                        interval: float) -> None:
         try:
             while self._links.get(key_id):
                 await asyncio.sleep(interval)
                 try:
-                    valid = await is_valid()
+                    gatherers = await owned()
                 except Exception as exc:  # the catalogue is unreachable: keep the links, try again
                     log.warning("could not recheck agent key %d: %s", key_id, exc)
                     continue
-                if not valid:
+                if gatherers is None:
                     # Forget the key before closing, so a link that joins meanwhile gets a new check.
                     links = self._links.pop(key_id, set())
                     if self._tasks.get(key_id) is asyncio.current_task():
@@ -227,6 +177,10 @@ class KeyWatch:
                     await asyncio.gather(*(link.close("agent key revoked", code=4003)
                                            for link in links), return_exceptions=True)
                     return
+                lost = [link for link in self._links.get(key_id, ()) if link.gather_id not in gatherers]
+                await asyncio.gather(*(link.close("the gatherer now belongs to another agent key",
+                                                  code=protocol.REFUSED_GATHERER)
+                                       for link in lost), return_exceptions=True)
         finally:
             if self._tasks.get(key_id) is asyncio.current_task():
                 del self._tasks[key_id]

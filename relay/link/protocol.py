@@ -31,6 +31,8 @@ Live video travels apart from commands, on its own WebSocket per push:
 
 from __future__ import annotations
 
+import hashlib
+import re
 import struct
 from typing import Any
 
@@ -64,6 +66,9 @@ KEYFRAME = 0x01
 MAX_MEDIA_FRAME = 4 * 1024 * 1024
 MEDIA_CLOCK = 90_000
 
+#: The close code of a link refused as that gatherer (another key owns it, or the key is full).
+REFUSED_GATHERER = 4004
+
 # Codes an agent answers with (the relay's own transmit codes are in relay.hub).
 OK = 0
 UNKNOWN_CAMERA = 20001
@@ -92,6 +97,24 @@ def camera_state(row: dict[str, Any]) -> dict[str, Any]:
 
 def course_list(camera_id: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"camera_id": camera_id, "courses": [{k: r[k] for k in COURSE_FIELDS} for r in rows]}
+
+
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # two letters or more: "C:" is a drive
+_ABSOLUTE = re.compile(r"/(?!/)|[A-Za-z]:[\\/]")
+
+
+def is_file_path(value: str) -> bool:
+    """A mode-1 ``stream_mp4``: an absolute path on the gatherer (``/videos/a.mp4``,
+    ``D:\\videos\\a.mp4``), never a URL or an FFmpeg protocol (``http:``, ``concat:``, ``file:``)
+    nor a network share (``//host/x``, ``\\\\host\\x``): the agent would fetch whatever it names."""
+    return (bool(_ABSOLUTE.match(value)) and not _URL_SCHEME.match(value)
+            and not any(ord(ch) < 32 for ch in value))
+
+
+def push_label(push_id: str) -> str:
+    """How logs name a push: a digest of its id, the same on both sides, which grants nothing
+    (the push id itself lets whoever holds it publish or stop that camera's video)."""
+    return hashlib.sha256(push_id.encode()).hexdigest()[:8]
 
 
 def answer(err_code: int = OK, err_msg: str = "OK", **data: Any) -> dict[str, Any]:

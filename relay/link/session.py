@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from . import protocol
+from . import messages, protocol
+from .messages import Refused
 
 log = logging.getLogger(__name__)
-
-class Refused(Exception):
-    """The peer broke the protocol; the message is the logged reason the link is closed with."""
 
 
 class TokenBucket:
@@ -45,10 +42,11 @@ class TokenBucket:
 
 
 class AgentSession:
-    def __init__(self, ws: web.WebSocketResponse, gather_id: int, peer: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, gather_id: int, peer: str, key_id: int) -> None:
         self.ws = ws
         self.gather_id = gather_id
         self.peer = peer
+        self.key_id = key_id  # the agent key this link proved
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._welcomed = asyncio.Event()
@@ -99,7 +97,7 @@ class AgentSession:
             async for message in self.ws:
                 if message.type != WSMsgType.TEXT:
                     raise Refused(f"unexpected {message.type.name} frame")
-                parsed = _parse(message.data)
+                parsed = messages.parse_json(message.data, "garbage")
                 # A reply to a command we are waiting on is traffic we asked for, as fast as we send
                 # commands, so it never counts as flooding (a busy relay would cut its own agent off).
                 if self._answer(parsed):
@@ -117,13 +115,11 @@ class AgentSession:
 
     def _answer(self, message: dict[str, Any]) -> bool:
         """Hand ``message`` to the command waiting for it, if it is that command's reply."""
-        if message.get("type") != "reply":
-            return False
-        command_id = message.get("id")
-        future = self._pending.get(command_id) if isinstance(command_id, int) else None
+        command_id = messages.reply_id(message)
+        future = self._pending.get(command_id) if command_id is not None else None
         if future is None or future.done():
             return False
-        future.set_result(_reply(message))
+        future.set_result(messages.reply(message))
         return True
 
     async def _dispatch(self, message: dict[str, Any], on_status) -> None:  # type: ignore[no-untyped-def]
@@ -132,10 +128,7 @@ class AgentSession:
         if kind == "reply":
             return  # late (the command timed out) or a repeat: nothing waits for it
         if kind == "status":
-            camera_id, status = message.get("camera_id"), message.get("status")
-            if not isinstance(camera_id, int) or status not in (0, 1):
-                raise Refused("malformed status report")
-            err_msg = str(message.get("err_msg") or "")[:500]
+            camera_id, status, err_msg = messages.status(message)
             if self._reported.get(camera_id) != (status, err_msg):  # repeats cost nothing
                 if len(self._reported) > 10_000:
                     self._reported.clear()
@@ -144,22 +137,3 @@ class AgentSession:
         else:
             raise Refused(f"unknown message type {str(kind)[:32]!r}")
 
-
-def _parse(text: str) -> dict[str, Any]:
-    try:
-        message = json.loads(text)
-    except ValueError as exc:
-        raise Refused("garbage: not JSON") from exc
-    if not isinstance(message, dict):
-        raise Refused("garbage: not a JSON object")
-    return message
-
-
-def _reply(message: dict[str, Any]) -> dict[str, Any]:
-    """The agent's reply as ``transmit``: its code, message and any data, nothing of ours."""
-    err_code = message.get("err_code")
-    return {
-        "err_code": err_code if isinstance(err_code, int) else protocol.BAD_COMMAND,
-        "err_msg": str(message.get("err_msg", ""))[:500],
-        **({"data": message["data"]} if isinstance(message.get("data"), dict) else {}),
-    }
