@@ -14,7 +14,11 @@ What is cut out (``***``), in URL query and ``/name/value`` path form, raw or pe
   ``relay_session``, ``access_token``);
 * the userinfo of any URL (``rtsp://user:pass@host`` → ``rtsp://***@host``), also percent-encoded
   inside another URL (``stream_url=rtsp%3A%2F%2Fadmin%3Apw%40…``);
-* ``Authorization`` header values and ``Bearer`` credentials; agent keys (``rk_…``) anywhere.
+* ``Authorization`` header values and ``Bearer`` credentials; agent keys (``rk_…``) anywhere;
+  ICE passwords (``a=ice-pwd:``) of the SDPs aiortc logs.
+
+aiosqlite's debug lines are not logged even at ``debug``: one per driver call, each with its SQL
+parameters (a credential being written, say), which carry no name a filter could go by.
 
 Over-redaction is preferred to a leak: a value runs to the next separator (whitespace, ``&``,
 ``#``, ``"``), so a password with a ``'`` or ``,`` in it is cut whole.
@@ -26,72 +30,154 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
-#: Names whose values grant something. ``session`` also covers ``relay_session`` (the /admin
-#: cookie), ``key`` covers ``agent_key``; a name may carry a ``…_`` prefix.
+#: Names whose values grant something; a name may also carry a ``…_`` prefix (``device_pass``,
+#: ``relay_session``, ``access_token``, ``agent_key``).
 SECRET_NAMES = ("token", "ticket", "session", "sessionid", "push_id", "unionid", "credential",
                 "password", "passwd", "pass", "pwd", "secret", "key", "csrf", "auth", "cookie",
                 "authorization")
 #: Names of the API's path form (``/token/T``): exact, since ``access_token`` is an endpoint.
 PATH_NAMES = ("token", "ticket", "session", "push_id", "unionid", "credential", "password",
               "device_pass", "secret", "key", "csrf")
-_NAME = r"(?:[a-z0-9]+_)*(?:" + "|".join(sorted(SECRET_NAMES, key=len, reverse=True)) + r")"
-_ENC = r"%(?:25)?"  # "%" or "%25": percent-encoded once or twice
+_SECRET_SET = frozenset(SECRET_NAMES)
+_PATH_SEGMENTS = tuple(f"/{name}/" for name in PATH_NAMES)
 
 
-def _after(*separators: str) -> str:
-    """Lookbehinds for each separator raw or percent-encoded once or twice (each fixed-width)."""
-    forms = [form for sep in separators
-             for form in ((f"%{sep}", f"%25{sep}") if sep[0].isdigit() else (re.escape(sep),))]
-    return "(?:" + "|".join(f"(?<={form})" for form in forms) + ")"
+_ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}
 
 
-# A name starts a word, or follows an encoded separator (%3F ?, %26 &, %2F /, %20 space).
-_START = r"(?:(?<![a-z0-9_])|" + _after("3F", "26", "2F", "20") + ")"
+def _lower(text: str) -> str:
+    """``text`` in lower case, each character where it was (``str.lower`` may lengthen non-ASCII)."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
-_RAW_VALUE = r"[^\s&#\"]*"  # a raw query value ends at a raw separator; "%26" is part of it
-_ENC_VALUE = rf"(?:(?!{_ENC}26)[^\s&#\"])*"  # inside an encoded query, "%26" ends it too
-_PATH_NAME = "(?:" + "|".join(sorted(PATH_NAMES, key=len, reverse=True)) + ")"
 
-#: (triggers, pattern, replacement): a pattern runs only when one of its (lower-case) triggers
-#: is in the line, so a line without "=", "/", "@"... costs a few substring tests.
-_RULES: tuple[tuple[tuple[str, ...], re.Pattern[str], str], ...] = (
-    # name=value: a query, a form, a cookie, plain text; name%3Dvalue: inside an encoded URL
-    (("=",), re.compile(_START + rf"({_NAME}=){_RAW_VALUE}", re.I), r"\1***"),
-    (("%3d", "%253d"), re.compile(_START + rf"({_NAME}{_ENC}3D){_ENC_VALUE}", re.I), r"\1***"),
+def _names(names: Iterable[str]) -> str:
+    return "(?:" + "|".join(sorted(names, key=len, reverse=True)) + ")"
+
+
+_ENC = "%(?:25)?"  # "%" or "%25": percent-encoded once or twice
+#: & ? / and space, encoded once or twice: what may stand right before a name inside an encoded URL.
+_ENCODED_SEPARATORS = ("%26", "%3f", "%2f", "%20", "%2526", "%253f", "%252f", "%2520")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A pattern run on the lower-cased line (its first characters are literals, so CPython's
+    regex engine scans for them fast, which ``re.IGNORECASE`` would prevent); the span of its
+    ``secret`` group is cut out of the line as it was. It runs only when one of its ``triggers``
+    is in the line. ``standalone``: the match must not be the end of a longer word
+    (``bypass=``), though it may end a ``…_`` name or follow an encoded separator."""
+
+    triggers: tuple[str, ...]
+    pattern: re.Pattern[str]
+    standalone: bool = False
+
+
+def _rule(triggers: tuple[str, ...], pattern: str, standalone: bool = False) -> _Rule:
+    return _Rule(triggers, re.compile(pattern), standalone)
+
+
+_RULES = (
+    # name=value: a query, a form, a cookie, plain text; a raw value ends at a raw separator
+    # ("%26" is part of it). name%3Dvalue inside an encoded URL also ends at an encoded "&".
+    _rule(("=",), _names(SECRET_NAMES) + r"=(?P<secret>[^\s&#\"]*)", standalone=True),
+    _rule(("%3d", "%253d"), _names(SECRET_NAMES) + rf"{_ENC}3d(?P<secret>(?:(?!{_ENC}26)[^\s&#\"])*)",
+          standalone=True),
     # /name/value: the API's path form (a value's own "/" is "%2F"); %2Fname%2Fvalue encoded
-    (("/",), re.compile(rf"(?<=/)({_PATH_NAME}/)[^\s/?#\"]*", re.I), r"\1***"),
-    (("%2f", "%252f"), re.compile(_after("2F") + rf"({_PATH_NAME}{_ENC}2F)"
-                                  rf"(?:(?!{_ENC}(?:2F|3F|26|23))[^\s/?#&\"])*", re.I), r"\1***"),
+    _rule(("/",), "/" + _names(PATH_NAMES) + r"/(?P<secret>[^\s/?#\"]*)"),
+    _rule(("%2f", "%252f"), rf"{_ENC}2f{_names(PATH_NAMES)}{_ENC}2f"
+                            rf"(?P<secret>(?:(?!{_ENC}(?:2f|3f|26|23))[^\s/?#&\"])*)"),
     # "name": "value", 'name': 'value': JSON, a dict's repr
-    (("\":", "':", "\" :", "' :"),
-     re.compile(rf"(['\"])({_NAME})\1(\s*:\s*)(['\"])(?:\\.|(?!\4)[^\\])*\4", re.I),
-     r"\1\2\1\3\4***\4"),
+    _rule(("\":", "':", "\" :", "' :"),
+          rf"(['\"])(?:\w*_)?{_names(SECRET_NAMES)}\1\s*:\s*(['\"])(?P<secret>(?:\\.|(?!\2)[^\\])*)\2"),
     # scheme://userinfo@: to the last "@" before whitespace (a password may hold "@" or "/")
-    (("@",), re.compile(r"(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://)\S*@", re.I), r"\1***@"),
-    (("%40", "%2540"), re.compile(rf"({_ENC}3A{_ENC}2F{_ENC}2F)[^\s&#\"]*(?:{_ENC}40|@)", re.I),
-     r"\1***%40"),
-    # Authorization: <anything>, Bearer <token>, agent keys
-    (("authorization",), re.compile(r"(authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\r\n]+", re.I),
-     r"\1***"),
-    (("bearer",), re.compile(r"\b(bearer)\s+[^\s'\",;]+", re.I), r"\1 ***"),
-    (("rk_",), re.compile(r"\brk_[A-Za-z0-9_-]+"), "rk_***"),
+    _rule(("@",), r"://(?P<secret>\S*)@"),
+    _rule(("%40", "%2540"), rf"{_ENC}3a{_ENC}2f{_ENC}2f(?P<secret>[^\s&#\"]*)(?:{_ENC}40|@)"),
+    # Authorization: <anything>, Bearer <token>, agent keys, ICE passwords (aiortc logs SDPs)
+    _rule(("authorization",), r"authorization['\"]?\s*[:=]\s*['\"]?(?P<secret>[^'\"\r\n]+)"),
+    _rule(("bearer",), r"bearer\s+(?P<secret>[^\s'\",;]+)"),
+    _rule(("rk_",), r"rk_(?P<secret>[a-z0-9_-]{16,})", standalone=True),
+    _rule(("ice-pwd",), r"ice-pwd:(?P<secret>\S+)"),
 )
+
+
+def _starts_a_name(lowered: str, start: int) -> bool:
+    before = lowered[max(0, start - 6):start]
+    return not before or not before[-1].isalnum() or before.endswith(_ENCODED_SEPARATORS)
+
+
+def _cut(rule: _Rule, text: str, lowered: str) -> str:
+    pieces: list[str] = []
+    last = 0
+    for match in rule.pattern.finditer(lowered):
+        if rule.standalone and not _starts_a_name(lowered, match.start()):
+            continue
+        start, end = match.span("secret")
+        if end > start:
+            pieces += (text[last:start], "***")
+            last = end
+    if not pieces:
+        return text
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 
 def redact(text: str) -> str:
     """``text`` with every secret cut out (see the module docstring); URLs and free text alike."""
-    lowered = text.lower()
-    for triggers, pattern, replacement in _RULES:
-        for trigger in triggers:
+    lowered = _lower(text)
+    for rule in _RULES:
+        for trigger in rule.triggers:  # a loop, not any(): a generator costs more than the tests
             if trigger in lowered:
-                text = pattern.sub(replacement, text)
+                cut = _cut(rule, text, lowered)
+                if cut is not text:
+                    text, lowered = cut, _lower(cut)
                 break
     return text
+
+
+def _is_secret_name(name: str) -> bool:
+    name = name.lower()
+    return name in _SECRET_SET or ("_" in name and (
+        name.rpartition("_")[2] in _SECRET_SET or name.endswith("_push_id")))
+
+
+def redact_url(target: str) -> str:
+    """A request target redacted as :func:`redact` would, in a few microseconds: the access log
+    redacts every request's URL, so its usual shape (a path, a query of ``name=value`` pairs) is
+    taken apart with string methods; only a URL with a ``%``, an ``@`` or an agent key goes through
+    the patterns as well."""
+    path, sep, query = target.partition("?")
+    lowered = path.lower()
+    for segment in _PATH_SEGMENTS:
+        if segment in lowered:
+            path = redact(path)
+            break
+    if sep:
+        parts = _QUERY_SEPARATORS.split(query)
+        for index in range(0, len(parts), 2):
+            name, eq, _ = parts[index].partition("=")
+            if eq and _is_secret_name(name):
+                parts[index] = name + "=***"
+        query = "".join(parts)
+    target = path + sep + query
+    if "%" in target or "@" in target or "rk_" in target:
+        target = redact(target)
+    return target
+
+
+_QUERY_SEPARATORS = re.compile(r"([&;])")
+
+
+class Redacted(str):
+    """A message redacted already (by the access log, or by the filter on another handler)."""
+
+    __slots__ = ()
 
 
 class RedactingFilter(logging.Filter):
@@ -104,10 +190,8 @@ class RedactingFilter(logging.Filter):
     _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "redacted", False):
-            message = record.getMessage()
-            record.msg, record.args = redact(message), None
-            record.redacted = True
+        if type(record.msg) is not Redacted:
+            record.msg, record.args = Redacted(redact(record.getMessage())), None
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(self._formatter.formatException(record.exc_info))
         if record.stack_info:
@@ -121,9 +205,9 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):  # skip the redaction work too
             return
-        line = (f"{request.remote} {request.method} {redact(request.raw_path)} {response.status} "
-                f"{time * 1000:.1f}ms")
-        self.logger.info(line, extra={"redacted": True})  # the filter need not scan it again
+        self.logger.info(Redacted(  # so the filter need not scan it again
+            f"{request.remote} {request.method} {redact_url(request.raw_path)} {response.status} "
+            f"{time * 1000:.1f}ms"))
 
 
 def _log_uncaught(kind: str, exc_type: type[BaseException], exc: BaseException | None,
@@ -141,6 +225,7 @@ def setup_logging(level: str) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
 
     def excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
         if issubclass(exc_type, KeyboardInterrupt):
