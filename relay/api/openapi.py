@@ -452,6 +452,15 @@ API v1 of the cloud monitor, as the customer's specification (云监控 API 接�
 document is generated from the relay's endpoint table and served by every relay at
 `{openapi}`.
 
+## Quick start
+
+```sh
+curl 'http://RELAY:8080/api/v1/access_token?unionid=CREDENTIAL'       # → token, expires 7200
+curl 'http://RELAY:8080/api/v1/list_camera?token=TOKEN&cur=1&per=10'
+curl 'http://RELAY:8080/api/v1/list_camera/token/TOKEN/cur/1/per/10'   # the same call, path form
+curl 'http://RELAY:8080/api/v1/get_camera_status?token=TOKEN&camera_id=1'
+```
+
 ## Calling
 
 * Every call is a `GET` (`HEAD` is answered too); names are lower case and case-sensitive.
@@ -570,7 +579,8 @@ def _components() -> dict[str, Any]:
     stamps = {"created": _described(_TIME, "When the row was created."),
               "updated": _described(_TIME, "When the row last changed.")}
     gatherer = _object({
-        "gather_id": _ID_OUT,
+        "gather_id": _described(_ID_OUT, "The gatherer's id (`gather_id` of mod_gather, "
+                                "add_camera)."),
         "mac_addr": _described(_STR, "The agent's MAC address."),
         "ip_addr": _described(_STR, "The agent's IP address."),
         "name_pc": _described(_STR, "The agent machine's host name."),
@@ -582,11 +592,12 @@ def _components() -> dict[str, Any]:
         **stamps,
     }, "A gatherer (采集端): one agent machine next to the cameras.")
     camera = _object({
-        "camera_id": _ID_OUT,
+        "camera_id": _described(_ID_OUT, "The camera's id: what every camera call takes as "
+                                "`camera_id`."),
         "camera_name": _described(_STR, "Name (通道名称 (班级))."),
         "image_id": _described(_COUNT, "Latest snapshot's id, 0 when none."),
         "image_fdfs": _described(_STR, "Latest snapshot: `storage_addr + image_fdfs`; \"\" none."),
-        "gather_id": _ID_OUT,
+        "gather_id": _described(_ID_OUT, "Its gatherer."),
         "name_set": _described(_STR, "Its gatherer's display name."),
         "stream_prop": {"type": "integer", "enum": [0, 1, 2],
                         "description": "0 IP camera, 1 MP4 file, 2 rtsp/rtmp forward."},
@@ -604,9 +615,10 @@ def _components() -> dict[str, Any]:
         **stamps,
     }, "A camera (通道).")
     record = _object({
-        "record_id": _ID_OUT,
-        "gather_id": _ID_OUT,
-        "camera_id": _ID_OUT,
+        "record_id": _described(_ID_OUT, "The recording's id (`record_id` of play_record, "
+                                "del_record)."),
+        "gather_id": _described(_ID_OUT, "The gatherer that recorded it."),
+        "camera_id": _described(_ID_OUT, "Its camera."),
         "camera_name": _described(_STR, "Its camera's name."),
         "file_fdfs": _described(_STR, "The video: `storage_addr + file_fdfs`."),
         "image_fdfs": _described(_STR, "Its snapshot: `storage_addr + image_fdfs`; \"\" none."),
@@ -618,8 +630,9 @@ def _components() -> dict[str, Any]:
         **stamps,
     }, "A recording.")
     course = _object({
-        "course_id": _ID_OUT,
-        "camera_id": _ID_OUT,
+        "course_id": _described(_ID_OUT, "The course's id (`course_id` of mod_course, "
+                                "del_course)."),
+        "camera_id": _described(_ID_OUT, "The camera it records."),
         "repeat_id": _described(_INT, "Repetition: 2 = weekly (the only one)."),
         "week_id": _described(_integer(0, 6), "0 Sunday … 6 Saturday."),
         "elapse_sec": _described({"type": "integer", "minimum": 1}, "Duration, seconds."),
@@ -739,11 +752,11 @@ def _operation(name: str) -> dict[str, Any]:
 
 
 def _ordered_keys(name: str) -> list[str]:
-    """The endpoint's keys: required ones first, then the rest in the table's order."""
+    """The endpoint's keys: the token, the required ones, then the rest in the table's order."""
     keys = ENDPOINTS[name].keys
     required = OPERATIONS[name].required
-    others = [key for key in PARAMETERS if key in keys and key not in required]
-    return [*required, *others]
+    others = [key for key in PARAMETERS if key in keys and key not in required and key != "token"]
+    return [*(["token"] if "token" in keys else []), *required, *others]
 
 
 def _query_form(name: str, example: dict[str, str]) -> str:
@@ -843,7 +856,8 @@ def _endpoint_markdown(name: str) -> str:
     op = OPERATIONS[name]
     lines = [f"### `{name}` (§{op.section} {op.title})", "", op.summary + (f" {op.notes}" if op.notes
                                                                           else ""), ""]
-    lines += ["```", _query_form(name, op.example), _path_form(name, op.example), "```", ""]
+    forms = dict.fromkeys([_query_form(name, op.example), _path_form(name, op.example)])
+    lines += ["```", *forms, "```", ""]
     keys = _ordered_keys(name)
     if keys:
         lines += ["| parameter | required | type | default | meaning |",
@@ -869,7 +883,7 @@ def _object_markdown(title: str, schema: dict[str, Any]) -> str:
         meaning = prop.get("description", "")
         if "$ref" in prop:
             meaning = _components()["schemas"][prop["$ref"].rsplit("/", 1)[1]]["description"]
-        lines.append(f"| `{key}` | {_cell(meaning) or 'id'} |")
+        lines.append(f"| `{key}` | {_cell(meaning)} |")
     return "\n".join(lines) + "\n"
 
 
