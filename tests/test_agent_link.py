@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import RelayProcess, run_relay, start_relay, stop_relay
+from conftest import RelayProcess, eventually, run_relay, start_agent, start_relay, stop_agent, stop_relay
 
 from relay.link import protocol
 
@@ -194,3 +194,48 @@ async def test_an_agent_cannot_report_another_gatherers_camera(relay: Relay, htt
     await ws.close()
     await b.close()
     assert f"reported camera {camera['camera_id']}, which is not one of its cameras" in relay.log()
+
+
+async def test_agents_beyond_what_the_relay_admits_are_told_when_to_come_back(tmp_path, http):
+    """A reconnect storm: the relay lets in ``agent_admit`` at once and answers the others at once
+    with 503 and a Retry-After, rather than keeping them waiting for a welcome they give up on."""
+    process = start_relay(tmp_path / "data", "--agent-admit", "3")
+    key = run_relay("agent-key", "add", "lab", "--gatherers", "10", "--data",
+                    str(tmp_path / "data")).stdout.strip()
+    relay = Relay(process, key)
+    try:
+        holding = [await connect(http, relay) for _ in range(3)]  # let in, no hello yet
+        with pytest.raises(aiohttp.WSServerHandshakeError) as busy:
+            await connect(http, relay)
+        assert busy.value.status == 503
+        assert 1 <= int(busy.value.headers["Retry-After"]) <= 30
+        agent = start_agent(process.base_url, key, tmp_path / "agent")
+        try:
+            eventually(lambda: "the relay is busy; coming back in" in agent.log(), timeout=20)
+            for ws in holding:  # their places free up: the agent gets in on its next try
+                await ws.close()
+            eventually(lambda: "connected to" in agent.log(), timeout=60)
+        finally:
+            stop_agent(agent)
+        assert "Traceback" not in agent.log()
+    finally:
+        log = relay.log()
+    assert "Traceback" not in log
+
+
+async def test_agents_that_leave_before_their_welcome_cost_nothing_and_stay_offline(relay, http):
+    """Once, welcomes were sent into sockets their agents had closed: a traceback each."""
+    for _ in range(3):  # nine machines (the key may have ten), leaving three times over
+        sockets = []
+        for index in range(9):
+            ws = await connect(http, relay)
+            await ws.send_json(hello(f"02:00:00:00:00:{index:02x}"))
+            sockets.append(ws)
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    await asyncio.sleep(1)
+    with urllib.request.urlopen(relay.process.base_url + "/metrics", timeout=5) as response:
+        assert "relay_agents_connected 0.0" in response.read().decode()
+    ws, _ = await welcomed(http, relay, mac="02:00:00:00:ff:01")  # the relay still serves
+    await ws.close()
+    log = relay.log()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]

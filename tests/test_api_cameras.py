@@ -120,8 +120,8 @@ async def test_status_start_and_stop(api):
     camera_id = await api.camera(gather_id)
     status = await api.call("get_camera_status", camera_id=camera_id)
     assert status == {"err_code": 0, "err_msg": "OK", "camera_id": camera_id, "status": 0}
-    assert await api.services.catalogue.cameras.set_status(gather_id, camera_id, 1)
-    assert not await api.services.catalogue.cameras.set_status(gather_id + 1, camera_id, 0)
+    assert await api.services.catalogue.cameras.set_statuses(
+        [(gather_id, camera_id, 1), (gather_id + 1, camera_id, 0)]) == [True, False]
     assert (await api.call("get_camera_status", camera_id=camera_id))["status"] == 1
     cameras = api.services.catalogue.cameras
     # stop stops and start starts, however often they are called (no toggling).

@@ -43,6 +43,28 @@ class LinkRefused(Exception):
     """The relay ended the link or refused it; the message says why."""
 
 
+class ComeBackLater(Exception):
+    """The relay is letting in as many agents as it can serve (a restart, say): try again after
+    ``delay`` seconds, which it chose to spread the agents out."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"the relay is busy; coming back in {delay:.0f} s")
+        self.delay = delay
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failed links in a row: jittered, doubling, capped."""
+    return min(MAX_BACKOFF, 0.5 * 2 ** failures) * random.uniform(0.5, 1.0)
+
+
+def retry_after(headers: Any) -> float:
+    """A 503's ``Retry-After`` in seconds (1 to ``MAX_BACKOFF``; 5 when missing or a date)."""
+    try:
+        return min(MAX_BACKOFF, max(1.0, float((headers or {}).get("Retry-After", "5"))))
+    except ValueError:
+        return 5.0
+
+
 def agent_url(server: str) -> str:
     """``http(s)://host[:port]`` (or ``ws(s)://…``) → the relay's ``ws(s)://…/agent``."""
     parts = urlsplit(server)
@@ -97,11 +119,16 @@ class Agent:
                     welcomed = await session
                 except asyncio.CancelledError:
                     break
+                except ComeBackLater as busy:  # not a failure: the relay set the time
+                    log.info("link to %s: %s", self.url, busy)
+                    delay = busy.delay * random.uniform(1.0, 1.5)
                 except (aiohttp.ClientError, OSError, TimeoutError, LinkRefused, ValueError) as exc:
                     log.warning("link to %s: %s", self.url, exc or exc.__class__.__name__)
-                    welcomed = False
-                failures = 0 if welcomed else failures + 1
-                delay = min(MAX_BACKOFF, 0.5 * 2 ** failures) * random.uniform(0.5, 1.0)
+                    failures += 1
+                    delay = backoff(failures)
+                else:
+                    failures = 0 if welcomed else failures + 1
+                    delay = backoff(failures)
                 log.info("reconnecting in %.1f s", delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
@@ -142,6 +169,8 @@ class Agent:
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
                 raise LinkRefused("the relay refused our key (unknown or revoked)") from exc
+            if exc.status == 503:
+                raise ComeBackLater(retry_after(exc.headers)) from exc
             raise
         finally:
             self._ws = None

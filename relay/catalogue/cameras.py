@@ -11,6 +11,7 @@ from sqlalchemy import Select, bindparam, delete, func, select, update
 from .database import Database
 from .errors import NotFound
 from .paging import Page, fetch_page
+from .registrations import chunks
 from .schema import cameras, courses, gatherers, records, snapshots
 
 #: Columns the API may set on a camera (add_camera / mod_camera).
@@ -60,6 +61,9 @@ _OWNER_KEY = (
     .select_from(cameras.join(gatherers, gatherers.c.gather_id == cameras.c.gather_id))
     .where(cameras.c.camera_id == bindparam("camera_id"))
 )
+
+_SET_STATUS = update(cameras).where(cameras.c.camera_id == bindparam("which")).values(
+    status=bindparam("to"))
 
 _SET_STARTED = (  # (an UPDATE's bindparams must not be named after columns)
     update(cameras)
@@ -159,17 +163,21 @@ class Cameras:
         rows = await self._db.lookup(_OWNER_KEY, camera_id=camera_id)
         return rows[0]["key_id"] if rows else None
 
-    async def set_status(self, gather_id: int, camera_id: int, status: int) -> bool:
-        """The agent's report: -1 reset, 0 offline, 1 online. Only for its own gatherer's cameras;
-        returns False when ``camera_id`` is not one of them."""
+    async def set_statuses(self, reports: list[tuple[int, int, int]]) -> list[bool]:
+        """Agents' reports ``(gather_id, camera_id, status)`` (-1 reset, 0 offline, 1 online), in
+        one transaction. Each applies only to its own gatherer's camera; the answer says, for each,
+        whether it was one (False: not one of that gatherer's cameras, nothing written)."""
+        camera_ids = sorted({camera_id for _, camera_id, _ in reports})
         async with self._db.write() as conn:
-            result = await conn.execute(
-                update(cameras)
-                .where(cameras.c.camera_id == camera_id)
-                .where(cameras.c.gather_id == gather_id)
-                .values(status=status)
-            )
-        return result.rowcount > 0
+            owners = {camera_id: gather_id for ids in chunks(camera_ids) for camera_id, gather_id in
+                      await conn.execute(select(cameras.c.camera_id, cameras.c.gather_id)
+                                         .where(cameras.c.camera_id.in_(ids)))}
+            valid = [owners.get(camera_id) == gather_id for gather_id, camera_id, _ in reports]
+            changes = [{"which": camera_id, "to": status}
+                       for (_, camera_id, status), ok in zip(reports, valid, strict=True) if ok]
+            if changes:
+                await conn.execute(_SET_STATUS, changes)
+        return valid
 
     async def count_click(self, camera_id: int) -> None:
         async with self._db.write() as conn:

@@ -16,23 +16,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from ..catalogue import AgentKey, GathererRefused
-from ..services import SERVICES, Services
+from ..services import SERVICES
 from . import protocol
+from .admission import Admission
 from .messages import Refused, parse_hello
+from .presence import Presence
+from .registrar import Registrar
 from .session import AgentSession
 
 log = logging.getLogger(__name__)
-
-#: Agents registering (a catalogue write) at once. SQLite lets one writer in at a time; more at once
-#: only wait inside SQLite, where a writer can keep losing the lock to the others for longer than
-#: its busy timeout (an error, and a retry, for that agent), as in a reconnect storm of thousands.
-MAX_REGISTERING = 4
-REGISTERING = web.AppKey("agent_registrations", asyncio.Semaphore)
 
 async def agent_key(request: web.Request) -> AgentKey | None:
     """The valid agent key a request carries in ``Authorization: Bearer``; a refusal is logged
@@ -59,72 +57,66 @@ async def _read_hello(ws: web.WebSocketResponse) -> dict[str, Any]:
 
 async def agent_endpoint(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
+    links = request.app[LINKS]
     peer = request.remote or "?"
     record = await agent_key(request)
     if record is None:
-        return web.json_response({"error": "unknown or revoked agent key"}, status=401)
-    ws = web.WebSocketResponse(heartbeat=services.settings.agent_heartbeat,
-                               max_msg_size=protocol.MAX_MESSAGE)
-    await ws.prepare(request)
+        return web.json_response({"err_code": 401, "err_msg": "unknown or revoked agent key"},
+                                 status=401)
+    if not links.admission.enter():
+        delay = links.admission.retry_after()
+        log.debug("agent from %s asked to come back in %d s (%d being let in)", peer, delay,
+                  links.admission.pending)
+        return web.json_response({"err_code": 503, "err_msg": "busy: come back later"},
+                                 status=503, headers={"Retry-After": str(delay)})
+    welcomed = False
     try:
-        hello = await _read_hello(ws)
-    except Refused as refusal:
-        log.warning("closed agent link from %s (key %r): %s", peer, record.name, refusal)
-        await ws.close(code=4001, message=str(refusal).encode())
-        return ws
-    async with request.app[REGISTERING]:
-        if ws.closed:  # it gave up waiting for its turn
+        ws = web.WebSocketResponse(heartbeat=services.settings.agent_heartbeat,
+                                   max_msg_size=protocol.MAX_MESSAGE)
+        await ws.prepare(request)
+        try:
+            hello = await _read_hello(ws)
+        except Refused as refusal:
+            log.warning("closed agent link from %s (key %r): %s", peer, record.name, refusal)
+            await ws.close(code=4001, message=str(refusal).encode())
             return ws
         try:
-            gather_id = await services.catalogue.gatherers.register(
-                hello["mac_addr"], hello["ip_addr"], hello["name_pc"], hello["os_name"],
-                hello["devices"], key_id=record.key_id,
-            )
+            gather_id, state = await links.registrar.register(record.key_id, hello)
         except GathererRefused as refusal:
             log.warning("refused agent %s (%s) from %s (key %r): %s", hello["name_pc"],
                         hello["mac_addr"], peer, record.name, refusal)
             await ws.close(code=protocol.REFUSED_GATHERER, message=str(refusal).encode()[:120])
             return ws
-    session = AgentSession(ws, gather_id, peer, record.key_id)
-    previous = services.hub.attach(gather_id, session)
-    if previous is not None:
-        log.warning("gatherer %d (%s): a newer connection from %s replaces the one from %s",
-                    gather_id, hello["mac_addr"], peer, getattr(previous, "peer", "?"))
-        await previous.close("replaced by a newer connection for the same gatherer")  # type: ignore[attr-defined]
-    log.info("agent %s (key %r, version %s) connected from %s as gatherer %d", hello["name_pc"],
-             record.name, hello["version"], peer, gather_id)
-    # This frame lives as long as the link (days): keep neither the hello (with its devices), nor
-    # the link it replaced, nor the desired state (below) referenced all that time.
-    del hello, previous
-    keys = request.app[KEY_WATCH]
-    try:
-        await session.welcome(
-            protocol.desired_state(await services.catalogue.gatherers.desired_state(gather_id))
-        )
-        keys.watch(record.key_id, session, lambda: services.catalogue.agent_keys.owned(record.key_id),
-                   services.settings.agent_key_recheck)
-        await session.run(
-            lambda camera_id, status, err_msg: _on_status(services, gather_id, camera_id, status,
-                                                          err_msg),
-        )
+        if ws.closed:  # it gave up while its registration waited: nothing to attach
+            await links.presence.gatherer_offline(gather_id)
+            return ws
+        session = AgentSession(ws, gather_id, peer, record.key_id)
+        previous = services.hub.attach(gather_id, session)
+        if previous is not None:
+            log.warning("gatherer %d (%s): a newer connection from %s replaces the one from %s",
+                        gather_id, hello["mac_addr"], peer, getattr(previous, "peer", "?"))
+            await previous.close("replaced by a newer connection for the same gatherer")  # type: ignore[attr-defined]
+        log.info("agent %s (key %r, version %s) connected from %s as gatherer %d",
+                 hello["name_pc"], record.name, hello["version"], peer, gather_id)
+        welcomed = await session.welcome(state)
     finally:
-        keys.forget(record.key_id, session)
+        links.admission.leave(welcomed)
+    # This frame lives as long as the link (days): keep neither the hello (with its devices), nor
+    # the link it replaced, nor the desired state referenced all that time.
+    del hello, previous, state
+    try:
+        if welcomed:
+            links.keys.watch(record.key_id, session,
+                             lambda: services.catalogue.agent_keys.owned(record.key_id),
+                             services.settings.agent_key_recheck)
+            await session.run(
+                lambda camera_id, status, err_msg: links.presence.camera_status(
+                    gather_id, camera_id, status, err_msg))
+    finally:
+        links.keys.forget(record.key_id, session)
         if services.hub.detach(gather_id, session):
-            await asyncio.shield(services.catalogue.gatherers.set_offline(gather_id))
-            log.info("gatherer %d is offline", gather_id)
+            await asyncio.shield(links.presence.gatherer_offline(gather_id))
     return ws
-
-
-async def _on_status(services: Services, gather_id: int, camera_id: int, status: int,
-                     err_msg: str) -> None:
-    if not await services.catalogue.cameras.set_status(gather_id, camera_id, status):
-        log.warning("gatherer %d reported camera %d, which is not one of its cameras", gather_id,
-                    camera_id)
-        return
-    if status:
-        log.info("camera %d (gatherer %d) is online", camera_id, gather_id)
-    else:
-        log.info("camera %d (gatherer %d) is offline: %s", camera_id, gather_id, err_msg or "-")
 
 
 class KeyWatch:
@@ -192,7 +184,17 @@ class KeyWatch:
         self._links.clear()
 
 
-KEY_WATCH = web.AppKey("agent_key_watch", KeyWatch)
+@dataclass
+class Links:
+    """What the ``/agent`` endpoint shares between links."""
+
+    admission: Admission
+    registrar: Registrar
+    presence: Presence
+    keys: KeyWatch
+
+
+LINKS = web.AppKey("agent_links", Links)
 
 
 async def close_all(app: web.Application) -> None:
@@ -202,13 +204,17 @@ async def close_all(app: web.Application) -> None:
                            for link in hub.links()), return_exceptions=True)
 
 
-async def _stop_key_watch(app: web.Application) -> None:
-    app[KEY_WATCH].stop()
+async def _stop(app: web.Application) -> None:
+    links = app[LINKS]
+    links.keys.stop()
+    await links.registrar.close()
+    await links.presence.close()
 
 
 def add_routes(app: web.Application) -> None:
-    app[KEY_WATCH] = KeyWatch()
-    app[REGISTERING] = asyncio.Semaphore(MAX_REGISTERING)
+    services = app[SERVICES]
+    app[LINKS] = Links(Admission(services.settings.agent_admit), Registrar(services.catalogue),
+                       Presence(services.catalogue, services.hub.online), KeyWatch())
     app.router.add_get("/agent", agent_endpoint)
     app.on_shutdown.append(close_all)
-    app.on_cleanup.append(_stop_key_watch)
+    app.on_cleanup.append(_stop)

@@ -56,9 +56,20 @@ class AgentSession:
     def __repr__(self) -> str:
         return f"<agent link gatherer={self.gather_id} peer={self.peer}>"
 
-    async def welcome(self, state: dict[str, Any]) -> None:
-        await self.ws.send_json({"type": "welcome", "gather_id": self.gather_id, "state": state})
-        self._welcomed.set()
+    async def welcome(self, state: dict[str, Any]) -> bool:
+        """Send the desired state; False when the agent has gone meanwhile (nothing is sent)."""
+        if not self.ws.closed:
+            try:
+                await self.ws.send_json({"type": "welcome", "gather_id": self.gather_id,
+                                         "state": state})
+            except ConnectionError:  # it closed while the welcome was being sent
+                pass
+            else:
+                self._welcomed.set()
+                return True
+        self._closed_reason = self._closed_reason or "the agent left before its welcome"
+        self._welcomed.set()  # commands waiting for the welcome now fail at once
+        return False
 
     async def request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
         """Send one command and wait for the agent's reply (the hub bounds the wait)."""
@@ -69,7 +80,7 @@ class AgentSession:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[command_id] = future
         try:
-            await self.ws.send_json(
+            await self.ws.send_json(  # into a closed socket: a ConnectionError, the hub's 10004
                 {"type": "command", "id": command_id, "action": action, "data": data}
             )
             return await future
