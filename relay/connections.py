@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -58,6 +59,20 @@ def _reason_of(exc: HttpProcessingError) -> str:
             line = line.split(quote, 1)[0]
         return redact(line.rstrip(":. "))[:100] or "bad request"
     return "bad request"
+
+
+def _is_request_line(exc: LineTooLong, data: bytes, pending: int, limit: int) -> bool:
+    """Whether the line that was too long is the request line (414) rather than a header (431).
+
+    It is when the head's request line had not ended before the limit, counting the bytes of the
+    head that came in earlier chunks; or when the start of the offending bytes, which aiohttp
+    quotes, follows a method in this chunk (a head pipelined behind another request)."""
+    room = max(0, limit + _METHOD_ROOM - max(pending, 0))
+    if pending >= 0 and b"\n" not in data[:room]:
+        return True
+    quoted = exc.args[0] if exc.args and isinstance(exc.args[0], (bytes, bytearray)) else b""
+    start = bytes(quoted).removesuffix(b"...")[:40]
+    return bool(start) and re.search(rb"(?:^|\n)[A-Z]{3,12} " + re.escape(start), data) is not None
 
 
 class GuardedHandler(RequestHandler):
@@ -99,9 +114,7 @@ class GuardedHandler(RequestHandler):
                 message, self._last_body = self._messages[-1]
                 exc = getattr(message, "exc", None)
                 if isinstance(exc, LineTooLong):
-                    # The URL was too long when the request line had not ended before the limit.
-                    room = max(0, self.max_line_size + _METHOD_ROOM - max(pending, 0))
-                    self._url_too_long = pending >= 0 and b"\n" not in data[:room]
+                    self._url_too_long = _is_request_line(exc, data, pending, self.max_line_size)
             return
         if self._last_body is not None and not self._last_body.is_eof():
             return  # a request body, not a head

@@ -185,6 +185,35 @@ def test_unparsable_requests_get_json_without_echo_and_one_log_line(relay, reque
     assert "UNKNOWN /" not in logged, logged
 
 
+LONG_URL = (b"GET /api/v1/x?unionid=" + SECRET.encode() + b"&pad=" + b"a" * 9000
+            + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+LONG_HEADER = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n"
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "status"),
+    [
+        ([LONG_URL[:5000], LONG_URL[5000:]], 414),
+        ([LONG_URL[:8100], LONG_URL[8100:]], 414),
+        ([LONG_HEADER[:10], LONG_HEADER[10:5000], LONG_HEADER[5000:]], 431),
+        ([HEALTHZ + LONG_URL], 414),  # pipelined behind a request, in one chunk
+        ([HEALTHZ + LONG_HEADER], 431),
+        ([HEALTHZ, LONG_URL], 414),  # on a kept-alive connection
+    ],
+    ids=["url-in-two", "url-split-near-the-limit", "header-in-three", "pipelined-url",
+         "pipelined-header", "kept-alive-url"],
+)
+def test_too_long_is_414_for_the_url_and_431_for_a_header_however_it_arrives(relay, chunks, status):
+    with connect(relay) as sock:
+        for chunk in chunks:
+            sock.sendall(chunk)
+            time.sleep(0.2)
+        answer, _ = read_until_closed(sock, 10)
+    last = answer[answer.rfind(b"HTTP/1."):]
+    assert status_and_body(last)[0] == status, answer[-300:]
+
+
 # /metrics on its own address
 
 
