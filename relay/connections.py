@@ -116,8 +116,10 @@ class GuardedHandler(RequestHandler):
                 if isinstance(exc, LineTooLong):
                     self._url_too_long = _is_request_line(exc, data, pending, self.max_line_size)
             return
-        if self._last_body is not None and not self._last_body.is_eof():
-            return  # a request body, not a head
+        if self._last_body is not None:
+            if not self._last_body.is_eof():
+                return  # a request body, not a head
+            self._last_body = None
         if self._head_timer is None:
             self._start_head_timer()  # the first bytes of a head on a kept-alive connection
         if self._line_pending >= 0:
