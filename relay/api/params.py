@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, unquote
 
+from ..ids import MAX_ID
 from .errors import ApiError, Code
 
 MAX_PER_PAGE = 100
 MAX_IDS = 1000
-_DIGITS = re.compile(r"[0-9]{1,15}")
+_DIGITS = re.compile(r"[0-9]{1,16}")  # MAX_ID (2**53) has 16 digits
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -99,7 +100,7 @@ class Params:
 
     def ident(self, name: str) -> int:
         """A required positive id: 1010 when missing or not a positive whole number."""
-        value = self.integer(name, 1, 2**53, code=Code.NO_ID)
+        value = self.integer(name, 1, MAX_ID, code=Code.NO_ID)
         if value is None:
             raise ApiError(Code.NO_ID, name)
         return value
@@ -111,7 +112,7 @@ class Params:
             raise ApiError(Code.NO_ID, name)
         parts = value.split(",")
         if len(parts) > MAX_IDS or not all(
-            _DIGITS.fullmatch(part) and 0 < int(part) <= 2**53 for part in parts
+            _DIGITS.fullmatch(part) and 0 < int(part) <= MAX_ID for part in parts
         ):
             raise ApiError(Code.NO_ID, name)
         return list(dict.fromkeys(int(part) for part in parts))
