@@ -1,6 +1,6 @@
-"""Benchmark the API's listing endpoints against a bare aiohttp baseline, with wrk.
+"""Benchmark the API's listings (wrk) and its writes under contention against a bare aiohttp baseline.
 
-    .venv/bin/python bench/api.py [--rounds 3] [--duration 10] [--rows 100000]
+    .venv/bin/python bench/api.py [--rounds 3] [--duration 10] [--rows 100000] [--writers 20]
 
 What it does, in order:
 
@@ -14,23 +14,42 @@ What it does, in order:
 4. warms every target up, then runs wrk on baseline, list_camera (cur=1), list_camera deep page,
    list_record (cur=1) and, for reference, ``version`` (the same app with no token check and no
    database) in turn, for ``--rounds`` rounds, and prints medians and the ratio of each target's
-   median req/s to the baseline's.
+   median req/s to the baseline's;
+5. then the writes under contention (``--writers``, default 20): that many concurrent clients
+   (aiohttp, in this process, one keep-alive connection each), each issuing its next call the moment
+   the last one answers, for ``--duration`` seconds a round. Per round, in turn: the baseline
+   (the bare aiohttp app), a point read (``get_camera_status``) and the mutation mix: every writer
+   cycles through ``mod_camera``, ``add_course`` then ``del_course`` of the course it added,
+   ``stop_camera``/``start_camera`` of its own camera (so every one writes), ``del_record`` of a
+   seeded record, and two refusals that open a write transaction (``del_record`` and ``mod_camera``
+   of an id that names no row, 1010). It prints p50/p99/max latency per kind and over all
+   mutations, from every call of every round, against the baseline's, and the server's CPU time
+   per call (steadier than latency on a shared machine). No agent is connected, so ``transmit``
+   answers at once (10002): what is measured is the relay and its catalogue.
+
+``--skip-listings`` / ``--skip-mutations`` leave out one part; ``--relay-dir COPY`` seeds with and
+runs ``relay serve`` from another checkout (an A/B against older code, same client and options).
 
 Every process it starts is stopped by its PID, and the temporary dir removed, on the way out,
 Ctrl-C and failures included. Each answer is checked (``err_code`` 0, a full page) before and after
-the measurements, since the API answers errors with HTTP 200.
+the measurements, since the API answers errors with HTTP 200; every mutation's ``err_code`` is
+checked as it comes, and afterwards the catalogue file (read with ``sqlite3``) must hold exactly
+the records and courses the answers imply.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import math
 import os
 import platform
 import random
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -40,10 +59,12 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from common import (
     Processes,
     Run,
+    cpu_seconds,
     free_port,
     http_get,
     interrupt,
@@ -206,6 +227,231 @@ def rounds_table(targets: list[Target]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- writes under contention
+
+REFUSED_ID = 10**12  # an id that names no row: the refused calls' target
+#: What each writer does, in turn ("course" adds a course or deletes the one it added, "toggle"
+#: stops or starts its camera); each writer starts at its own place in the cycle.
+CYCLE = ("mod_camera", "course", "toggle", "del_record", "del_record (refused)", "course", "toggle",
+         "mod_camera (refused)")
+KINDS = ("mod_camera", "add_course", "del_course", "del_record", "start_camera", "stop_camera",
+         "del_record (refused)", "mod_camera (refused)")
+ALL_MUTATIONS = "all mutations"
+GOAL_P99_MS = 100.0
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of ``values`` (sorted or not): p99 of 1,000 calls is the 990th."""
+    ordered = sorted(values)
+    rank = math.ceil(round(fraction * len(ordered), 9))
+    return ordered[max(0, min(len(ordered), rank) - 1)]
+
+
+@dataclass
+class Writer:
+    """One client's state: its camera (renamed, stopped and started), its course, its counter."""
+
+    index: int
+    camera_id: int
+    started: bool = True
+    course_id: int | None = None
+    calls: int = 0
+
+    def next_call(self, records: list[int]) -> tuple[str, str, dict[str, Any], int]:
+        """(kind, endpoint, query, the err_code a right answer carries) of the next call."""
+        step = CYCLE[(self.index + self.calls) % len(CYCLE)]
+        self.calls += 1
+        if step == "mod_camera":
+            return step, "mod_camera", {"camera_id": self.camera_id,
+                                        "camera_name": f"写入-{self.index}-{self.calls}"}, 0
+        if step == "mod_camera (refused)":
+            return step, "mod_camera", {"camera_id": REFUSED_ID, "camera_name": "x"}, 1010
+        if step == "del_record (refused)":
+            return step, "del_record", {"record_id": REFUSED_ID + self.index}, 1010
+        if step == "del_record":
+            if not records:
+                raise RuntimeError("no seeded record left to delete: seed more --rows")
+            return step, "del_record", {"record_id": records.pop()}, 0
+        if step == "toggle":
+            kind = "stop_camera" if self.started else "start_camera"
+            self.started = not self.started
+            return kind, kind, {"camera_id": self.camera_id}, 0
+        if self.course_id is not None:
+            course_id, self.course_id = self.course_id, None
+            return "del_course", "del_course", {"course_id": course_id}, 0
+        slot = self.calls % 1400  # a minute's course in a free slot of the day
+        return "add_course", "add_course", {
+            "camera_id": self.camera_id, "week_id": self.calls % 7,
+            "start_time": f"{slot // 60:02d}:{slot % 60:02d}:00", "elapse_sec": 30}, 0
+
+    def answered(self, kind: str, answer: dict[str, Any]) -> None:
+        if kind == "add_course":
+            self.course_id = answer["course_id"]
+
+
+@dataclass
+class Latencies:
+    """Every call's latency (ms) by kind, and the answers that were not what the call expects."""
+
+    by_kind: dict[str, list[float]] = field(default_factory=dict)
+    calls_per_second: list[float] = field(default_factory=list)  # per round
+    server_cpu_us: list[float] = field(default_factory=list)  # the server's CPU per call, per round
+    wrong: int = 0
+    first_wrong: str = ""
+
+    def add(self, kind: str, ms: float) -> None:
+        self.by_kind.setdefault(kind, []).append(ms)
+
+    def all(self) -> list[float]:
+        return [ms for values in self.by_kind.values() for ms in values]
+
+
+async def drive(urls: Any, writers: int, duration: float, into: Latencies) -> int:
+    """``writers`` clients calling as fast as answers come for ``duration`` s; ``urls(n)`` gives
+    client n's next (kind, url, expected err_code, on_answer). Returns how many calls were made."""
+    import aiohttp
+    from yarl import URL
+
+    deadline = time.perf_counter() + duration
+    made = 0
+
+    async def client(number: int, session: aiohttp.ClientSession) -> None:
+        nonlocal made
+        while time.perf_counter() < deadline:
+            kind, url, expected, on_answer = urls(number)
+            started = time.perf_counter()
+            async with session.get(URL(url, encoded=True)) as response:
+                body = await response.read()
+            into.add(kind, (time.perf_counter() - started) * 1000)
+            made += 1
+            answer = json.loads(body) if response.status == 200 else {}
+            if answer.get("err_code") != expected:
+                into.wrong += 1
+                into.first_wrong = into.first_wrong or (
+                    f"{kind}: HTTP {response.status} {body[:200]!r}")
+            elif on_answer is not None:
+                on_answer(kind, answer)
+
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in
+                range(writers)]
+    try:
+        await asyncio.gather(*(client(n, sessions[n]) for n in range(writers)))
+    finally:
+        for session in sessions:
+            await session.close()
+    into.calls_per_second.append(made / duration)
+    return made
+
+
+def mutation_urls(api: str, token: str, writers: list[Writer], records: list[int]) -> Any:
+    def urls(number: int) -> tuple[str, str, int, Any]:
+        writer = writers[number]
+        kind, name, query, expected = writer.next_call(records)
+        return kind, f"{api}/{name}?{urlencode({'token': token, **query})}", expected, \
+            writer.answered
+
+    return urls
+
+
+def constant_urls(kind: str, url: str) -> Any:
+    def urls(_number: int) -> tuple[str, str, int, Any]:
+        return kind, url, 0, None
+
+    return urls
+
+
+def seeded_ids(data: Path, writers: int) -> tuple[list[int], list[int]]:
+    """The cameras the writers own (one each, the oldest ones) and every seeded record, shuffled."""
+    with contextlib.closing(sqlite3.connect(data / "relay.sqlite3")) as conn:
+        camera_ids = [row[0] for row in conn.execute(
+            "SELECT camera_id FROM cameras ORDER BY camera_id LIMIT ?", (writers,))]
+        record_ids = [row[0] for row in conn.execute("SELECT record_id FROM records")]
+    if len(camera_ids) < writers:
+        raise RuntimeError(f"{writers} writers need {writers} cameras: seed more --rows")
+    random.Random(7).shuffle(record_ids)
+    return camera_ids, record_ids
+
+
+def check_catalogue(data: Path, records_left: int, writers: list[Writer]) -> None:
+    """The catalogue holds what the answers said: the records not deleted, the courses not deleted."""
+    with contextlib.closing(sqlite3.connect(data / "relay.sqlite3")) as conn:
+        records_now = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+        courses_now = sorted(row[0] for row in conn.execute("SELECT course_id FROM courses"))
+    courses_open = sorted(w.course_id for w in writers if w.course_id is not None)
+    if records_now != records_left or courses_now != courses_open:
+        raise RuntimeError(f"catalogue disagrees with the answers: {records_now} records "
+                           f"(expected {records_left}), courses {courses_now[:10]} "
+                           f"(expected {courses_open[:10]})")
+
+
+def mutation_table(results: dict[str, Latencies]) -> str:
+    """Every call of every round, by target and kind; calls/s and CPU are medians of the rounds."""
+    base_p50 = percentile(results["baseline"].all(), 0.5)
+    base_p99 = percentile(results["baseline"].all(), 0.99)
+    lines = [
+        "| target | calls | calls/s | server CPU µs/call | p50 ms | p99 ms | max ms "
+        "| p50 ÷ baseline | p99 ÷ baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(name: str, values: list[float], rate: str, cpu: str) -> None:
+        p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+        lines.append(f"| {name} | {len(values):,} | {rate} | {cpu} | {p50:.2f} | {p99:.2f} | "
+                     f"{max(values):.2f} | {p50 / base_p50:.2f} | {p99 / base_p99:.2f} |")
+
+    for name, label in (("baseline", "baseline (bare aiohttp)"),
+                        ("read", "get_camera_status (a read)"), ("mutations", f"**{ALL_MUTATIONS}**")):
+        latencies = results[name]
+        row(label, latencies.all(), f"{statistics.median(latencies.calls_per_second):,.0f}",
+            f"{statistics.median(latencies.server_cpu_us):,.0f}")
+    for kind in KINDS:
+        if kind in results["mutations"].by_kind:
+            row(kind, results["mutations"].by_kind[kind], "", "")
+    return "\n".join(lines)
+
+
+def bench_mutations(args: argparse.Namespace, api: str, token: str, baseline_url: str,
+                    data: Path, relay_pid: int, baseline_pid: int) -> tuple[str, bool, dict[str, Any]]:
+    """Part 2: the table, whether every mutation kind's p99 met the goal, the raw numbers."""
+    camera_ids, records = seeded_ids(data, args.writers)
+    writers = [Writer(n, camera_ids[n]) for n in range(args.writers)]
+    read_url = f"{api}/get_camera_status?{urlencode({'token': token, 'camera_id': camera_ids[0]})}"
+    targets = [  # name, next call, the server's PID
+        ("baseline", constant_urls("baseline", baseline_url), baseline_pid),  # a list_camera page
+        ("read", constant_urls("read", read_url), relay_pid),
+        ("mutations", mutation_urls(api, token, writers, records), relay_pid),
+    ]
+    results = {name: Latencies() for name, _, _ in targets}
+    warmups = {name: Latencies() for name, _, _ in targets}
+    if args.warmup > 0:
+        for name, urls, _ in targets:
+            asyncio.run(drive(urls, args.writers, args.warmup, warmups[name]))
+    for number in range(args.rounds):
+        for name, urls, pid in targets:
+            before, cpu_before = len(results[name].all()), cpu_seconds(pid)
+            made = asyncio.run(drive(urls, args.writers, args.duration, results[name]))
+            results[name].server_cpu_us.append((cpu_seconds(pid) - cpu_before) / made * 1e6)
+            fresh = results[name].all()[before:]
+            print(f"  round {number + 1}/{args.rounds} {name:<10} {made / args.duration:8,.0f} "
+                  f"calls/s  CPU {results[name].server_cpu_us[-1]:6,.0f} µs/call  p50 "
+                  f"{percentile(fresh, 0.5):8.2f} ms  p99 {percentile(fresh, 0.99):8.2f} ms  max "
+                  f"{max(fresh):8.2f} ms", flush=True)
+    for name, latencies in [*results.items(), *warmups.items()]:
+        if latencies.wrong:
+            raise RuntimeError(f"{latencies.wrong} {name} answers were wrong; first: "
+                               f"{latencies.first_wrong}")
+    check_catalogue(data, len(records), writers)  # every del_record took one id off the list
+    mutations = results["mutations"].by_kind
+    met = all(percentile(values, 0.99) <= GOAL_P99_MS for values in mutations.values())
+    raw = {name: {"calls_per_second": latencies.calls_per_second,
+                  "server_cpu_us": latencies.server_cpu_us,
+                  "latency_ms": {kind: {"calls": len(values), "p50": percentile(values, 0.5),
+                                        "p99": percentile(values, 0.99), "max": max(values)}
+                                 for kind, values in latencies.by_kind.items()}}
+           for name, latencies in results.items()}
+    return mutation_table(results), met, raw
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -213,7 +459,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="measurement rounds (default 3)")
     parser.add_argument("--duration", type=float, default=10,
-                        help="seconds of wrk per target and round (default 10)")
+                        help="seconds per target and round (default 10)")
     parser.add_argument("--rows", type=int, default=100_000,
                         help="cameras, and records, to seed (default 100000)")
     parser.add_argument("--gatherers", type=int, default=4, help="gatherers owning the cameras")
@@ -221,11 +467,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="cur of the deep list_camera page (default 5000; clamped to the "
                              "last page)")
     parser.add_argument("--warmup", type=float, default=2,
-                        help="seconds of wrk on each target before measuring (default 2)")
+                        help="seconds on each target before measuring (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the reference target (version: the app without token or DB)")
+    parser.add_argument("--writers", type=int, default=20,
+                        help="concurrent clients of the writes under contention (default 20)")
+    parser.add_argument("--skip-listings", action="store_true", help="leave out part 1 (wrk)")
+    parser.add_argument("--skip-mutations", action="store_true",
+                        help="leave out part 2 (writes under contention)")
+    parser.add_argument("--relay-dir", type=Path, default=ROOT,
+                        help="seed with and run relay serve from this checkout (default: this one)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers to this file")
     parser.add_argument("--serve-baseline", nargs=2, metavar=("PORT", "BODY_FILE"),
                         help=argparse.SUPPRESS)
@@ -233,7 +486,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
-    if shutil.which("wrk") is None:
+    if not args.skip_listings and shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed")
     data = work / "data"
 
@@ -242,11 +495,11 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
     print(f"  cameras {timings['cameras']:.1f}s, records {timings['records']:.1f}s", flush=True)
 
     served = start_relay_serve(  # the access log goes to relay.stderr
-        processes, data, work / "relay.stderr", ["--log-level", "warning"], stdin=None,
-        token_timeout=10.0,
+        processes, data, work / "relay.stderr", ["--log-level", "warning"], cwd=args.relay_dir,
+        stdin=None, token_timeout=10.0,
     )
     relay, relay_base, token = served.child, served.base, served.token
-    print(f"relay serve PID {relay.pid} on {relay_base}", flush=True)
+    print(f"relay serve PID {relay.pid} on {relay_base} (from {args.relay_dir})", flush=True)
 
     api = f"{relay_base}/api/v1"
     deep = max(1, min(args.deep_page, -(-args.rows // PER)))
@@ -282,6 +535,38 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
     print(f"baseline PID {baseline_proc.pid} on {baseline_url} ({len(body):,} byte body)",
           flush=True)
 
+    raw: dict[str, Any] = {"argv": sys.argv, "rows": args.rows, "nproc": os.cpu_count(),
+                           "python": platform.python_version(), "body_bytes": len(body)}
+    if not args.skip_listings:
+        raw["targets"] = bench_listings(args, processes, baseline_url, urls, expected, version_url)
+    if not args.skip_mutations:
+        print(f"\nwrites under contention: {args.writers} concurrent clients", flush=True)
+        mutations, met, raw["mutations"] = bench_mutations(args, api, token, baseline_url, data,
+                                                           relay.pid, baseline_proc.pid)
+        print()
+        print(f"{args.writers} concurrent clients (aiohttp, one connection each), "
+              f"{args.rounds} rounds of {args.duration:g} s per target, every call's latency; "
+              f"nproc {os.cpu_count()}, Python {platform.python_version()}")
+        print(mutations)
+        print(f"\ngoal (p99 of every mutation kind ≤ {GOAL_P99_MS:g} ms): "
+              f"{'met' if met else 'missed'}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(raw, indent=2))
+    relay_errors = (work / "relay.stderr").read_text(errors="replace")
+    problems = [line for line in relay_errors.splitlines()
+                if " ERROR " in line or "Traceback" in line]
+    if problems:
+        print(f"\nrelay logged {len(problems)} error line(s); first: {problems[0]}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def bench_listings(args: argparse.Namespace, processes: Processes, baseline_url: str,
+                   urls: dict[str, str], expected: dict[str, int],
+                   version_url: str) -> dict[str, Any]:
+    """Part 1: wrk on the listings and the baseline in turn; prints the tables, returns raw runs."""
     baseline = Target("baseline (bare aiohttp)", baseline_url)
     targets = [baseline, *(Target(name, url) for name, url in urls.items())]
     if not args.no_reference:
@@ -306,22 +591,8 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
     print(table(targets, baseline))
     print()
     print(rounds_table(targets))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "argv": sys.argv, "rows": args.rows, "nproc": os.cpu_count(),
-            "python": platform.python_version(), "body_bytes": len(body),
-            "targets": {target.name: [{key: getattr(run, key) for key in JSON_RUN_KEYS}
-                                      for run in target.runs] for target in targets},
-        }, indent=2))
-    relay_errors = (work / "relay.stderr").read_text(errors="replace")
-    problems = [line for line in relay_errors.splitlines()
-                if " ERROR " in line or "Traceback" in line]
-    if problems:
-        print(f"\nrelay logged {len(problems)} error line(s); first: {problems[0]}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return {target.name: [{key: getattr(run, key) for key in JSON_RUN_KEYS} for run in target.runs]
+            for target in targets}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,8 +600,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_baseline:
         serve_baseline(int(args.serve_baseline[0]), Path(args.serve_baseline[1]))
         return 0
-    if args.rounds < 1 or args.duration < 1 or args.rows < 1 or args.gatherers < 1:
-        raise SystemExit("bench: --rounds, --duration, --rows and --gatherers must be at least 1")
+    if min(args.rounds, args.duration, args.rows, args.gatherers, args.writers) < 1:
+        raise SystemExit("bench: --rounds, --duration, --rows, --gatherers and --writers must be "
+                         "at least 1")
+    args.relay_dir = args.relay_dir.resolve()
+    if not (args.relay_dir / "relay" / "__init__.py").is_file():
+        raise SystemExit(f"bench: no relay package in --relay-dir {args.relay_dir}")
+    sys.path.insert(0, str(args.relay_dir))  # seed() imports the catalogue of that checkout
     # Ctrl-C and SIGTERM both end in the cleanup below, even when started with SIGINT ignored
     # (as a background job of a non-interactive shell is).
     signal.signal(signal.SIGINT, signal.default_int_handler)
