@@ -181,7 +181,9 @@ class Redacted(str):
 
 
 class RedactingFilter(logging.Filter):
-    """Redacts a record's message, traceback and stack before any handler formats it.
+    """Redacts a record's message, traceback and stack before any handler formats it, and keeps
+    the message on one line (line breaks written as ``\\n``: a value a client sent cannot start a
+    log line of its own; aiortc's multi-line SDP dumps become one line).
 
     The message is formatted here once and stored without arguments, so the formatter does not
     format it again; the traceback is formatted here too and kept in ``exc_text``, which the
@@ -191,7 +193,10 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if type(record.msg) is not Redacted:
-            record.msg, record.args = Redacted(redact(record.getMessage())), None
+            message = redact(record.getMessage())
+            if "\n" in message or "\r" in message:  # one line per event: no forged lines either
+                message = message.replace("\r", "\\r").replace("\n", "\\n")
+            record.msg, record.args = Redacted(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(self._formatter.formatException(record.exc_info))
         if record.stack_info:

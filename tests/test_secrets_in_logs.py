@@ -469,6 +469,7 @@ def test_every_logger_and_every_traceback_goes_through_the_filter(tmp_path: Path
         "        raise OSError('session=LEAK5')\n"
         "Bad()\n"
         "logging.getLogger('aiosqlite').debug(\"executing ('INSERT', ('LEAK6',))\")\n"
+        "logging.getLogger('relay.x').info('camera %s', 'x\\n2099-01-01 00:00:00,000 INFO forged')\n"
         "logging.getLogger('relay.x').info('done')\n"
     )
     checkout = str(Path(__file__).resolve().parent.parent)  # the relay package under test
@@ -477,5 +478,7 @@ def test_every_logger_and_every_traceback_goes_through_the_filter(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert "LEAK" not in result.stderr, result.stderr
     for expected in ("bad line", "opening", "ValueError", "RuntimeError", "OSError", "done",
-                     "token=***", "'push_id': '***'", "rtsp://***@10.0.0.1"):
+                     "token=***", "'push_id': '***'", "rtsp://***@10.0.0.1",
+                     "camera x\\n2099-01-01 00:00:00,000 INFO forged"):
         assert expected in result.stderr, (expected, result.stderr)
+    assert not any(line.startswith("2099") for line in result.stderr.splitlines())
