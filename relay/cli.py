@@ -14,7 +14,7 @@ from typing import Any
 
 from .agent.config import AgentConfigError
 from .catalogue import AlreadyExists, Catalogue, CatalogueUnavailable, NotFound
-from .config import ConfigError, Settings, load_settings
+from .config import HELP, ConfigError, Settings, load_settings
 from .logs import setup_logging
 
 MIN_PASSWORD = 8
@@ -39,8 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         _common(server)
         for field in dataclasses.fields(Settings):
             if field.name != "data":
+                default = getattr(Settings(), field.name)
+                shown = f"; default {default}" if default not in ("", None) else ""
                 server.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
-                                    help=f"(RELAY_{field.name.upper()})")
+                                    help=f"{HELP[field.name]} (RELAY_{field.name.upper()}{shown})")
 
     agent = commands.add_parser("agent", help="run the reference gatherer agent")
     agent.add_argument("--server", required=True, help="the relay's URL, e.g. http://relay:8080")

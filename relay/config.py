@@ -85,6 +85,38 @@ class Settings:
         return self.database_url or f"sqlite+aiosqlite:///{(self.data / 'relay.sqlite3').resolve()}"
 
 
+#: What each setting means, for ``relay serve --help`` (the README's table says the same).
+HELP = {
+    "data": "data directory: relay.sqlite3 (WAL) and files/",
+    "listen": "HOST:PORT to listen on",
+    "public_url": "how clients reach us, for play URLs and examples (default http://LISTEN)",
+    "storage_addr": "base of stored-file URLs (default: the public URL)",
+    "database_url": "SQLAlchemy URL of the catalogue (default: SQLite in the data dir)",
+    "timezone": "zone of the YYYY-MM-DD HH:MM:SS times answered (default: the server's)",
+    "token_ttl": "API token lifetime, seconds",
+    "command_timeout": "how long transmit waits for an agent, seconds",
+    "agent_heartbeat": "ping interval on agent links, seconds; silent links go after 1.5 times it",
+    "agent_key_recheck": "seconds between checks that a link's key is valid and owns its gatherer",
+    "agent_admit": "agents let in at once at least; more are told to come back (503 Retry-After)",
+    "live_heartbeat": "the live page's heartbeat interval, seconds",
+    "live_viewer_timeout": "a viewer without a heartbeat this long is gone, seconds",
+    "live_close_after": "a push stops this long after its last viewer left, seconds",
+    "live_reconcile": "seconds between passes that stop orphan pushes and restart needed ones",
+    "live_keyframe_interval": "at most one keyframe request per camera this often, seconds",
+    "webrtc_fallback_after": "the page switches to MSE when WebRTC has not played by then, seconds",
+    "ice_addresses": "comma list of local addresses for ICE candidates (default: all but loopback)",
+    "ice_public_ip": "public address of a 1:1 NAT, advertised as a candidate too",
+    "ice_deadline": "a WebRTC viewer whose ICE has not connected by then is closed, seconds",
+    "play_ticket_ttl": "how long a play URL can be opened, seconds",
+    "session_ttl": "/admin session lifetime, seconds",
+    "log_level": "debug, info, warning or error",
+    "metrics_listen": "HOST:PORT that serves /metrics alone; the main listener then answers 404 "
+                      "for it (default: /metrics on the main listener)",
+    "header_timeout": "seconds a client has to send a whole request head, from connecting or from "
+                      "a kept-alive request's first byte; then 408 and closed",
+    "player_dir": "folder of the player pages",
+}
+
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 

@@ -146,3 +146,16 @@ def test_settings_from_toml_env_and_flags(tmp_path: Path):
     (data / "relay.toml").write_text("colour = 'red'\n")
     unknown = relay("serve", "--data", str(data), check=False)
     assert unknown.returncode == 1 and "colour" in unknown.stderr
+
+
+def test_every_setting_is_described_in_serve_help():
+    import dataclasses
+
+    from relay.config import HELP, Settings
+
+    assert set(HELP) == {field.name for field in dataclasses.fields(Settings)}
+    text = " ".join(relay("serve", "--help").stdout.split())  # as argparse wraps it
+    for field in dataclasses.fields(Settings):
+        flag = "--data" if field.name == "data" else f"--{field.name.replace('_', '-')}"
+        assert flag in text, flag
+    assert "default 200" in text and "RELAY_HEADER_TIMEOUT" in text
