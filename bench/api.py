@@ -294,6 +294,7 @@ class Latencies:
     """Every call's latency (ms) by kind, and the answers that were not what the call expects."""
 
     by_kind: dict[str, list[float]] = field(default_factory=dict)
+    in_order: list[float] = field(default_factory=list)  # every call's, as they answered
     calls_per_second: list[float] = field(default_factory=list)  # per round
     server_cpu_us: list[float] = field(default_factory=list)  # the server's CPU per call, per round
     wrong: int = 0
@@ -301,6 +302,7 @@ class Latencies:
 
     def add(self, kind: str, ms: float) -> None:
         self.by_kind.setdefault(kind, []).append(ms)
+        self.in_order.append(ms)
 
     def all(self) -> list[float]:
         return [ms for values in self.by_kind.values() for ms in values]
@@ -428,10 +430,10 @@ def bench_mutations(args: argparse.Namespace, api: str, token: str, baseline_url
             asyncio.run(drive(urls, args.writers, args.warmup, warmups[name]))
     for number in range(args.rounds):
         for name, urls, pid in targets:
-            before, cpu_before = len(results[name].all()), cpu_seconds(pid)
+            before, cpu_before = len(results[name].in_order), cpu_seconds(pid)
             made = asyncio.run(drive(urls, args.writers, args.duration, results[name]))
             results[name].server_cpu_us.append((cpu_seconds(pid) - cpu_before) / made * 1e6)
-            fresh = results[name].all()[before:]
+            fresh = results[name].in_order[before:]  # this round's calls
             print(f"  round {number + 1}/{args.rounds} {name:<10} {made / args.duration:8,.0f} "
                   f"calls/s  CPU {results[name].server_cpu_us[-1]:6,.0f} µs/call  p50 "
                   f"{percentile(fresh, 0.5):8.2f} ms  p99 {percentile(fresh, 0.99):8.2f} ms  max "
