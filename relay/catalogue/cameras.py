@@ -211,8 +211,9 @@ class Cameras:
 
         Raises ``NotFound`` (deleting nothing) when any id names no camera. Returns the stored
         files the rows pointed at; the caller unlinks them once this transaction has committed.
+        (Off the event loop: a camera may take thousands of records with it.)
         """
-        async with self._db.write() as conn:
+        async with self._db.write(offload=True) as conn:
             found = [
                 dict(row._mapping)
                 for row in await conn.execute(
