@@ -2,6 +2,13 @@
 // back to MSE (fragmented MP4 over a WebSocket) when WebRTC does not connect in time; ?mode=webrtc
 // or ?mode=mse forces one. Heartbeats keep the session (and the camera's push) alive; pagehide says
 // goodbye. Tells window.parent "playing", "ended" and "error" by postMessage.
+//
+// Retries: while the camera is offline (409: after a relay restart the agent may not be back yet)
+// the page asks again after 0.5 s, doubling up to 2 s, so it plays within about 2 s of the camera's
+// return; while the relay cannot be reached (network error, 5xx) after 0.5 s doubling up to 5 s.
+// Each wait is jittered (half to all of it), so the pages of a restarted relay do not all come back
+// at the same instant; the waits start short again once the video plays. Error answers are
+// {"err_code": status, "err_msg": why}, as everywhere on the relay.
 "use strict";
 (function () {
   const query = new URLSearchParams(location.search);
@@ -23,6 +30,8 @@
   let playing = false;
   let lastState = "";
   let attempt = 0;  // each start() is one; only the latest may take a session
+  const RETRY_FIRST = 0.5, OFFLINE_CAP = 2, NETWORK_CAP = 5;  // seconds
+  let retryDelay = RETRY_FIRST;
 
   function say(state, text) {
     status.dataset.state = state;
@@ -49,7 +58,9 @@
     session = null;
   }
 
-  function retryLater(seconds) {
+  function retryLater(cap) {
+    const seconds = Math.min(retryDelay, cap) * (0.5 + Math.random() * 0.5);
+    retryDelay = Math.min(retryDelay * 2, cap);
     clearTimeout(retryTimer);
     retryTimer = setTimeout(start, seconds * 1000);
   }
@@ -67,10 +78,10 @@
     try {
       response = await fetch(url("/session", { ticket: ticket }), { method: "POST" });
       body = await response.json();
-    } catch (error) {
+    } catch (error) {  // no answer, or not JSON (a proxy's page while the relay restarts)
       if (mine !== attempt) return;
       say("error", "网络错误 · network error");
-      retryLater(5);
+      retryLater(NETWORK_CAP);
       return;
     }
     if (mine !== attempt) {  // a newer start() took over: this session is not needed
@@ -80,10 +91,13 @@
     if (!response.ok) {
       if (response.status === 409) {
         if (lastState === "playing") say("ended", "直播结束 · ended");
-        say("offline", "通道离线 · " + body.error);
-        retryLater(10);
+        say("offline", "通道离线 · " + body.err_msg);
+        retryLater(OFFLINE_CAP);
+      } else if (response.status >= 500) {
+        say("error", "服务器错误 · " + (body.err_msg || response.status));
+        retryLater(NETWORK_CAP);
       } else {
-        say("error", "无法播放 · " + (body.error || response.status));
+        say("error", "无法播放 · " + (body.err_msg || response.status));
       }
       return;
     }
@@ -145,7 +159,7 @@
         body: JSON.stringify({ sdp: peer.localDescription.sdp }),
       });
       const body = await response.json();
-      if (!response.ok) throw new Error(body.error || response.status);
+      if (!response.ok) throw new Error(body.err_msg || response.status);
       if (pc !== peer) return;
       await peer.setRemoteDescription({ type: "answer", sdp: body.sdp });
     } catch (error) {
@@ -214,12 +228,13 @@
       if (video.paused) video.play().catch(() => {});
     };
     ws.onclose = () => {
-      if (socket === ws && session) { socket = null; retryLater(2); }
+      if (socket === ws && session) { socket = null; retryLater(OFFLINE_CAP); }
     };
   }
 
   video.addEventListener("playing", () => {
     playing = true;
+    retryDelay = RETRY_FIRST;
     clearTimeout(fallbackTimer);
     say("playing", "直播中 · live");
   });

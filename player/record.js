@@ -25,7 +25,7 @@
     encodeURIComponent(query.get("ticket") || "");
   fetch(info).then((response) => response.json().then((body) => ({ response, body })))
     .then(({ response, body }) => {
-      if (!response.ok) { say("error", "无法播放 · " + (body.error || response.status)); return; }
+      if (!response.ok) { say("error", "无法播放 · " + (body.err_msg || response.status)); return; }
       if (body.poster) video.poster = body.poster;
       video.src = body.url;
       say("connecting", (body.camera_name || "") + " · 点击播放 · press play");

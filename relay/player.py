@@ -2,8 +2,10 @@
 
 ``/play/live/<camera_id>`` and ``/play/record/<record_id>`` serve the page; the recording page asks
 ``…/info`` (with the same ticket) where the file is, the live page opens a viewer session
-(relay.live.routes). Every refusal is a short page or JSON saying
-why, never a stack trace. Player pages may be embedded in any site's ``<iframe>``.
+(relay.live.routes). Every refusal is a short page, or JSON of the shape of every other error
+(``{"err_code": <status>, "err_msg": "<why>"}``), never a stack trace. An id in the path must be
+1-16 ASCII digits naming 1..2**53 (``relay.ids``); any other is refused like a ticket that is not
+for it. Player pages may be embedded in any site's ``<iframe>``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from .catalogue import NotFound
+from .ids import parse_id
 from .services import SERVICES, Services
 from .tickets import Kind, TicketError, check_ticket
 
@@ -28,10 +31,9 @@ _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
 def _target(request: web.Request, kind: Kind) -> int:
     """The id in the path, once the request's ticket is checked for it."""
     services = request.app[SERVICES]
-    raw = request.match_info["target"]
-    if not raw.isdigit() or not 0 < int(raw) <= 2**53:
+    target = parse_id(request.match_info["target"])
+    if target is None:
         raise TicketError("no such " + ("camera" if kind == "live" else "recording"))
-    target = int(raw)
     check_ticket(services.signer, services.clock, kind, request.query.get("ticket"), target)
     return target
 
@@ -78,13 +80,17 @@ def _info(kind: Kind):  # type: ignore[no-untyped-def]
             target = _target(request, kind)
             body = await _record_info(services, target)
         except TicketError as refusal:
-            return web.json_response({"error": str(refusal)}, status=403, headers=_HEADERS)
+            return _json_error(403, str(refusal))
         except NotFound:
-            return web.json_response({"error": "it no longer exists"}, status=404,
-                                     headers=_HEADERS)
+            return _json_error(404, "it no longer exists")
         return web.json_response(body, headers=_HEADERS)
 
     return serve
+
+
+def _json_error(status: int, reason: str) -> web.Response:
+    return web.json_response({"err_code": status, "err_msg": reason}, status=status,
+                             headers=_HEADERS)
 
 
 async def _record_info(services: Services, record_id: int) -> dict[str, Any]:

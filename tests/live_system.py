@@ -2,23 +2,27 @@
 
 A real ``relay serve`` with short live timings (so the stop rules are checked in seconds) and a real
 ``relay agent`` pushing a PyAV-made H.264 file to two cameras, plus helpers for the API, ``/metrics``
-and a page embedding the player. The ``browser`` fixture is in conftest.py.
+and a page embedding the player; the viewer-session calls of player/live.js as an HTTP client makes
+them (open_session, call, heartbeats) and ``settle``; ``tracebacks``/``no_tracebacks``, which every
+live test module runs over the logs it produced. The ``browser`` fixture is in conftest.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 import sqlite3
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aiohttp
 from conftest import (
     AgentProcess,
     RelayProcess,
@@ -36,9 +40,43 @@ from relay.agent.demo_video import make_demo_video
 from relay.signing import Signer
 
 CLOSE_AFTER, VIEWER_TIMEOUT = 2.0, 4.0
+#: Shorter than the default 20 s, so a test can tell the setting from the default.
+ICE_DEADLINE = 8.0
 RELAY_ARGS = ("--ice-addresses", "127.0.0.1", "--live-close-after", str(CLOSE_AFTER),
               "--live-viewer-timeout", str(VIEWER_TIMEOUT), "--live-heartbeat", "1",
-              "--live-reconcile", "1", "--webrtc-fallback-after", "6")
+              "--live-reconcile", "1", "--webrtc-fallback-after", "6",
+              "--ice-deadline", str(ICE_DEADLINE))
+
+
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # a log record's first line
+
+
+def tracebacks(log: str) -> list[str]:
+    """Every traceback in ``log``, each whole: from the first line of the record that logged it
+    ("Task exception was never retrieved", say) to the next record, chained exceptions included.
+    Text that is not a record (the interpreter's "Exception ignored in" at exit) starts one line
+    before its traceback. A failing test shows these, not a tail that may cut the traceback off."""
+    lines = log.splitlines()
+    blocks: list[str] = []
+    index = 0
+    while index < len(lines):
+        if not lines[index].startswith("Traceback (most recent call last):"):
+            index += 1
+            continue
+        start = next((at for at in range(index, max(index - 5, -1), -1) if _RECORD.match(lines[at])),
+                     max(index - 1, 0))
+        end = next((at for at in range(index + 1, len(lines)) if _RECORD.match(lines[at])),
+                   len(lines))
+        blocks.append("\n".join(lines[start:end]))
+        index = end
+    return blocks
+
+
+def no_tracebacks(logs: dict[str, str]) -> None:
+    """Fail, showing each traceback whole, when any of these logs (name: text) has one."""
+    found = [f"--- {name}, traceback {number}:\n{block}" for name, log in logs.items()
+             for number, block in enumerate(tracebacks(log), 1)]
+    assert not found, "tracebacks in the logs:\n" + "\n\n".join(found)
 
 
 def api(base: str, name: str, **params: Any) -> dict[str, Any]:
@@ -52,6 +90,15 @@ def metric(base: str, name: str) -> float:
     with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
         match = re.search(rf"^{name} (\S+)$", response.read().decode(), re.M)
     return float(match.group(1)) if match else 0.0
+
+
+def live_objects(base: str) -> dict[str, float]:
+    """``relay_live_objects`` by kind: the per-viewer objects that exist in the relay (a kind the
+    relay does not report is absent, so a test cannot pass on a missing gauge)."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {kind: float(value) for kind, value in
+            re.findall(r'^relay_live_objects\{kind="(\w+)"\} (\S+)$', text, re.M)}
 
 
 class Drain:
@@ -172,11 +219,71 @@ class LiveSystem:
         self.start_relay()
 
 
+#: How long a session nobody heartbeats (then its push) takes to go, with some slack for a busy box.
+VIEWER_GONE = VIEWER_TIMEOUT + 3
+PUSH_GONE = VIEWER_TIMEOUT + CLOSE_AFTER + 4
+
+
+async def open_session(http: aiohttp.ClientSession, system: LiveSystem, camera_id: int) -> str:
+    async with http.post(f"{system.base}/play/live/{camera_id}/session",
+                         params={"ticket": system.ticket(camera_id)}) as response:
+        body = await response.json()
+        assert response.status == 200, body
+    return body["session"]
+
+
+async def call(http: aiohttp.ClientSession, system: LiveSystem, camera_id: int, what: str,
+               session: str, **kwargs) -> tuple[int, str, dict | None]:  # type: ignore[no-untyped-def, type-arg]
+    """POST to a live endpoint: status, content type and the JSON body (None when not JSON)."""
+    async with http.post(f"{system.base}/play/live/{camera_id}/{what}", params={"session": session},
+                         **kwargs) as response:
+        body = await response.json() if response.content_type == "application/json" else None
+        return response.status, response.content_type, body
+
+
+@contextlib.asynccontextmanager
+async def heartbeats(http: aiohttp.ClientSession, system: LiveSystem, camera_id: int, session: str,
+                     ended: asyncio.Event | None = None) -> AsyncIterator[None]:
+    """Keep a session alive as the page does (every second) while the block runs; ``ended`` is set
+    when the relay answers 404 (the session is gone)."""
+
+    async def beat() -> None:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                status, _, _ = await call(http, system, camera_id, "heartbeat", session)
+                if status == 404 and ended is not None:
+                    ended.set()
+                    return
+            await asyncio.sleep(1)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    """``eventually`` that leaves the event loop running (heartbeats must go on meanwhile)."""
+    await asyncio.to_thread(eventually, check, timeout)
+
+
+async def settle(system: LiveSystem) -> None:
+    """No viewer left, then no push: what every test ends with (and starts from)."""
+    await until(lambda: system.viewers() == 0, timeout=VIEWER_GONE)
+    await until(lambda: system.pushes() == 0, timeout=PUSH_GONE)
+
+
 async def embed(browser: Browser, play_url: str) -> Page:
-    """A page of another origin that embeds ``play_url`` in an iframe and records its messages."""
+    """A page of another origin that embeds ``play_url`` in an iframe and records its messages
+    (``window.events``) and when each arrived (``window.stamps``, ms since the epoch)."""
     page = await browser.new_page()
     await page.set_content(
-        "<script>window.events = []; addEventListener('message', e => events.push(e.data));</script>"
+        "<script>window.events = []; window.stamps = [];"
+        " addEventListener('message', e => { events.push(e.data); stamps.push(Date.now()); });"
+        "</script>"
         f"<iframe id=player src='{play_url}' width=660 height=380 allow='autoplay'></iframe>"
     )
     return page

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import eventually
-from live_system import CLOSE_AFTER, VIEWER_TIMEOUT, LiveSystem, close_tab, embed
+from live_system import CLOSE_AFTER, VIEWER_TIMEOUT, LiveSystem, close_tab, embed, no_tracebacks
 from playwright.async_api import Browser, Page
 
 
@@ -22,6 +22,9 @@ from playwright.async_api import Browser, Page
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSystem]:
     with LiveSystem.running(tmp_path_factory.mktemp("live")) as system:
         yield system
+        agent_log = system.agent_log()
+    no_tracebacks({"agent": agent_log,
+                   **{f"relay run {n}": log for n, log in enumerate(system.relay_logs)}})
 
 
 async def decoded(page: Page, timeout: float = 20) -> dict:  # type: ignore[type-arg]

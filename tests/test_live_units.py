@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import av
+from live_system import tracebacks
 
 from relay.agent.demo_video import make_demo_video
 from relay.live.feed import LiveFeed, Subscription
@@ -93,3 +94,23 @@ async def test_feed_starts_viewers_on_the_current_gop_and_mse_makes_fragments(tm
     assert all(item[4:8] == b"moof" for item in items[2:])
     await mse.close()
     feed.close()
+
+
+def test_tracebacks_are_cut_out_of_a_log_whole():
+    """What the live tests' teardown shows: each traceback with the record that logged it and any
+    chained exception, however far from the end of the log (a tail once cut one off)."""
+    noise = "".join(f"2026-12-01 22:14:{n % 60:02d},449 INFO aiohttp.access: GET /metrics 200\n"
+                    for n in range(400))
+    task = ("2026-12-01 22:14:17,500 ERROR asyncio: Task exception was never retrieved\n"
+            "future: <Task finished name='Task-9' coro=<send() done>>\n"
+            "Traceback (most recent call last):\n"
+            '  File "writer.py", line 247, in _send_compressed_frame_async_locked\n'
+            "    self._write_websocket_frame(\n"
+            "ConnectionResetError: Cannot write to closing transport")
+    chained = ("2026-12-01 22:15:00,000 ERROR relay.live.controller: live task failed\n"
+               "Traceback (most recent call last):\n  File \"a.py\", line 1, in f\nKeyError: 'a'\n\n"
+               "During handling of the above exception, another exception occurred:\n\n"
+               "Traceback (most recent call last):\n  File \"a.py\", line 3, in f\nValueError: b")
+    log = noise + task + "\n" + noise + chained + "\n" + noise
+    assert tracebacks(log) == [task, chained]
+    assert tracebacks(noise) == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..services import SERVICES
-from . import ingest, routes
+from . import census, ingest, routes
 from .controller import LiveController, LiveTimings
 from .webrtc import limit_ice_addresses
 
@@ -26,9 +26,11 @@ def setup_live(app: web.Application) -> LiveController:
             reconcile=settings.live_reconcile,
             keyframe_interval=settings.live_keyframe_interval,
             heartbeat=settings.live_heartbeat,
+            ice_deadline=settings.ice_deadline,
         ),
     )
     limit_ice_addresses([a.strip() for a in settings.ice_addresses.split(",") if a.strip()])
+    census.register(services.metrics.registry)
     app[ingest.LIVE] = controller
     app.router.add_get("/agent/media", ingest.media_endpoint)
     routes.add_routes(app)

@@ -8,12 +8,18 @@ stop cannot kill a newer start, and the relay closes the push's media socket its
 lost stop command cannot leave a push running. A reconcile pass (every ``reconcile`` seconds) stops
 any push nobody watches and restarts any push a viewer still needs (after an agent or relay
 restart, say).
+
+Log lines name viewers and pushes by sequence numbers ("viewer #12", "camera 3: push #4"), never
+by their ids: a session id lets its holder watch and a push id let an agent publish, so neither
+may reach a log. Every task the controller starts is one it keeps, and awaits when it closes; a
+task that fails is logged with its traceback when it ends, not when the garbage collector finds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -25,6 +31,7 @@ from ..catalogue import Catalogue, NotFound
 from ..hub import Hub
 from ..link import protocol
 from ..metrics import Metrics
+from . import census, heap
 from .feed import LiveFeed
 from .mse import MseFeed
 
@@ -32,7 +39,12 @@ log = logging.getLogger(__name__)
 
 
 class LiveRefused(Exception):
-    """Why a viewer cannot watch, in words fit for the player page."""
+    """Why a viewer cannot watch, in words fit for the player page; ``status`` is the HTTP answer
+    (409 for a camera that is offline now and may come back, 404 for one that is gone)."""
+
+    def __init__(self, reason: str, status: int = 409) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -42,12 +54,14 @@ class LiveTimings:
     reconcile: float = 10.0
     keyframe_interval: float = 1.0
     heartbeat: float = 12.0
+    ice_deadline: float = 20.0
 
 
 @dataclass(eq=False)
 class Viewer:
     viewer_id: str
     camera_id: int
+    number: int  # what log lines call it ("viewer #12"): the id grants watching, this does not
     transport: str = ""
     closers: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
     expiry: asyncio.TimerHandle | None = None
@@ -60,10 +74,12 @@ class CameraLive:
     feed: LiveFeed
     viewers: dict[str, Viewer] = field(default_factory=dict)
     push_id: str | None = None
+    push_number: int = 0  # the camera's pushes so far; log lines name a push by this, not its id
     requested_at: float = 0.0
     error: str = ""
     close_ingest: Callable[[], Awaitable[None]] | None = None
     stop_timer: asyncio.TimerHandle | None = None
+    retry_timer: asyncio.TimerHandle | None = None
     last_keyframe_request: float = 0.0
     first_packet_seen: bool = False
     mse: MseFeed | None = None
@@ -80,6 +96,8 @@ class LiveController:
         self._viewers: dict[str, Viewer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._viewer_numbers = itertools.count(1)
+        self._viewers_left = False  # since the last reconcile pass: its memory can go back
 
     # Lifecycle
 
@@ -94,15 +112,24 @@ class LiveController:
         for viewer_id in list(self._viewers):
             await self.close_viewer(viewer_id, "relay shutting down")
         for camera in list(self._cameras.values()):
+            if camera.retry_timer is not None:
+                camera.retry_timer.cancel()
             await self._stop_push(camera, "relay shutting down", wait=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+    def spawn(self, coroutine: Awaitable[Any]) -> None:
+        """Run ``coroutine`` as a task the controller keeps (and awaits in ``close``)."""
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("live task %s failed", task.get_coro().__qualname__,  # type: ignore[union-attr]
+                      exc_info=task.exception())
 
     def _update_gauges(self) -> None:
         self._metrics.live_pushes.set(sum(1 for c in self._cameras.values() if c.push_id))
@@ -114,7 +141,7 @@ class LiveController:
         try:
             row = await self._catalogue.cameras.get(camera_id)
         except NotFound as exc:
-            raise LiveRefused("no such camera") from exc
+            raise LiveRefused("no such camera", 404) from exc
         if not self._hub.online(row["gather_id"]):
             raise LiveRefused("采集端离线 · the gatherer is offline")
         if row["status"] != 1:
@@ -124,14 +151,15 @@ class LiveController:
             feed = LiveFeed(lambda: self._request_keyframe(camera_id))
             camera = self._cameras[camera_id] = CameraLive(camera_id, row["gather_id"], feed)
         camera.gather_id = row["gather_id"]
-        viewer = Viewer(secrets.token_urlsafe(18), camera_id)
+        viewer = Viewer(secrets.token_urlsafe(18), camera_id, next(self._viewer_numbers))
+        census.track("viewer", viewer)
         camera.viewers[viewer.viewer_id] = viewer
         self._viewers[viewer.viewer_id] = viewer
         self._arm_expiry(viewer)
         if camera.stop_timer is not None:
             camera.stop_timer.cancel()
             camera.stop_timer = None
-        log.info("camera %d: viewer %s joined (%d watching)", camera_id, viewer.viewer_id[:6],
+        log.info("camera %d: viewer #%d joined (%d watching)", camera_id, viewer.number,
                  len(camera.viewers))
         self._ensure_push(camera)
         self._update_gauges()
@@ -155,36 +183,40 @@ class LiveController:
             viewer.expiry.cancel()
         viewer.expiry = asyncio.get_running_loop().call_later(
             self.timings.viewer_timeout,
-            lambda: self._spawn(self.close_viewer(viewer.viewer_id, "no heartbeat")),
+            lambda: self.spawn(self.close_viewer(viewer.viewer_id, "no heartbeat")),
         )
 
     async def close_viewer(self, viewer_id: str, reason: str) -> None:
         viewer = self._viewers.pop(viewer_id, None)
         if viewer is None:
             return
+        self._viewers_left = True
         if viewer.expiry is not None:
             viewer.expiry.cancel()
         camera = self._cameras.get(viewer.camera_id)
         if camera is not None:
             camera.viewers.pop(viewer_id, None)
-            log.info("camera %d: viewer %s left (%s; %d watching)", viewer.camera_id,
-                     viewer_id[:6], reason, len(camera.viewers))
+            log.info("camera %d: viewer #%d left (%s; %d watching)", viewer.camera_id,
+                     viewer.number, reason, len(camera.viewers))
             if not camera.viewers and camera.push_id and camera.stop_timer is None:
                 camera.stop_timer = asyncio.get_running_loop().call_later(
                     self.timings.close_after, self._close_after_elapsed, camera)
-        for closer in viewer.closers:
+        # Dropping the closers also ends the cycle viewer -> closer -> transport -> viewer, so the
+        # viewer and its transport are freed now rather than by a full garbage collection.
+        closers, viewer.closers = viewer.closers, []
+        for closer in closers:
             try:
                 result = closer()
                 if asyncio.iscoroutine(result):
                     await result
             except Exception:  # a transport that fails to close must not keep the viewer
-                log.exception("viewer %s: closing its transport failed", viewer_id[:6])
+                log.exception("viewer #%d: closing its transport failed", viewer.number)
         self._update_gauges()
 
     def _close_after_elapsed(self, camera: CameraLive) -> None:
         camera.stop_timer = None
         if not camera.viewers:
-            self._spawn(self._stop_push(camera, f"nobody watched for {self.timings.close_after:g} s"))
+            self.spawn(self._stop_push(camera, f"nobody watched for {self.timings.close_after:g} s"))
 
     def feed(self, camera_id: int) -> LiveFeed:
         return self._cameras[camera_id].feed
@@ -212,22 +244,26 @@ class LiveController:
     # Pushes
 
     def _ensure_push(self, camera: CameraLive) -> None:
+        if camera.retry_timer is not None:  # this is that retry, or something came first
+            camera.retry_timer.cancel()
+            camera.retry_timer = None
         if camera.push_id is None and camera.viewers:
             camera.push_id = secrets.token_urlsafe(12)
+            camera.push_number += 1
             camera.requested_at = time.monotonic()
             camera.first_packet_seen = False
             camera.error = ""
-            self._spawn(self._start_push(camera, camera.push_id))
+            self.spawn(self._start_push(camera, camera.push_id, camera.push_number))
             self._update_gauges()
 
-    async def _start_push(self, camera: CameraLive, push_id: str) -> None:
-        log.info("camera %d: asking gatherer %d to push (push %s)", camera.camera_id,
-                 camera.gather_id, push_id)
+    async def _start_push(self, camera: CameraLive, push_id: str, number: int) -> None:
+        log.info("camera %d: asking gatherer %d to push (push #%d)", camera.camera_id,
+                 camera.gather_id, number)
         transmit = await self._hub.send(camera.gather_id, protocol.LIVE_START,
                                         {"camera_id": camera.camera_id, "push_id": push_id})
         if transmit.get("err_code") and camera.push_id == push_id:
             camera.error = str(transmit.get("err_msg", ""))
-            log.warning("camera %d: push %s refused: %s", camera.camera_id, push_id, camera.error)
+            log.warning("camera %d: push #%d refused: %s", camera.camera_id, number, camera.error)
             camera.push_id = None
             self._update_gauges()
 
@@ -239,13 +275,13 @@ class LiveController:
         camera.feed.reset()
         close_ingest, camera.close_ingest = camera.close_ingest, None
         self._update_gauges()
-        log.info("camera %d: stopping push %s (%s)", camera.camera_id, push_id, reason)
+        log.info("camera %d: stopping push #%d (%s)", camera.camera_id, camera.push_number, reason)
         stop = self._hub.send(camera.gather_id, protocol.LIVE_STOP,
                               {"camera_id": camera.camera_id, "push_id": push_id})
         if wait:
             await stop
         else:
-            self._spawn(stop)
+            self.spawn(stop)
         if close_ingest is not None:
             await close_ingest()
 
@@ -257,7 +293,7 @@ class LiveController:
             return
         if camera.push_id and now - camera.last_keyframe_request >= self.timings.keyframe_interval:
             camera.last_keyframe_request = now
-            self._spawn(self._hub.send(camera.gather_id, protocol.LIVE_KEYFRAME,
+            self.spawn(self._hub.send(camera.gather_id, protocol.LIVE_KEYFRAME,
                                        {"camera_id": camera.camera_id}))
 
     # The agent's media socket
@@ -277,20 +313,22 @@ class LiveController:
             camera.first_packet_seen = True
             elapsed = time.monotonic() - camera.requested_at
             self._metrics.live_first_packet.observe(elapsed)
-            log.info("camera %d: first frame of push %s after %.3f s", camera_id, push_id, elapsed)
+            log.info("camera %d: first frame of push #%d after %.3f s", camera_id,
+                     camera.push_number, elapsed)
 
     def push_ended(self, camera_id: int, push_id: str) -> None:
         """The media socket of ``push_id`` closed; if it was current, the push is gone."""
         camera = self._cameras.get(camera_id)
         if camera is None or camera.push_id != push_id:
             return
-        log.info("camera %d: push %s ended on the agent's side", camera_id, push_id)
+        log.info("camera %d: push #%d ended on the agent's side", camera_id, camera.push_number)
         camera.push_id = None
         camera.close_ingest = None
         camera.feed.reset()
         self._update_gauges()
-        if camera.viewers:  # an agent restart, say: try again soon rather than at reconcile
-            asyncio.get_running_loop().call_later(1.0, self._ensure_push, camera)
+        if camera.viewers and camera.retry_timer is None:  # an agent restart, say: try again soon
+            camera.retry_timer = asyncio.get_running_loop().call_later(1.0, self._ensure_push,
+                                                                        camera)
 
     # Reconcile
 
@@ -310,8 +348,15 @@ class LiveController:
                              camera.camera_id, len(camera.viewers))
                     self._ensure_push(camera)
             elif camera.push_id is not None and camera.stop_timer is None:
-                self._spawn(self._stop_push(camera, "reconcile: nobody watches"))
-            elif camera.push_id is None and camera.stop_timer is None and camera.mse is None:
+                self.spawn(self._stop_push(camera, "reconcile: nobody watches"))
+            elif camera.push_id is None and camera.stop_timer is None and camera.mse is None \
+                    and camera.retry_timer is None:
                 camera.feed.close()
                 del self._cameras[camera.camera_id]
         self._update_gauges()
+        if self._viewers_left:
+            self._viewers_left = False
+            started = time.perf_counter()
+            if heap.give_back():
+                log.debug("gave freed heap memory back in %.1f ms",
+                          (time.perf_counter() - started) * 1000)

@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 import av
 
 from ..link.protocol import MEDIA_CLOCK
+from . import census
 
 TIME_BASE = Fraction(1, MEDIA_CLOCK)
 MAX_GOP_FRAMES = 600
@@ -44,6 +45,7 @@ class Subscription(Generic[T]):
         self._skipping = False
         self.closed = False
         self.dropped = 0
+        census.track("subscription", self)
 
     def offer(self, item: T, keyframe: bool) -> None:
         if self.closed:

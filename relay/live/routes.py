@@ -1,13 +1,18 @@
-"""What the live page talks to. Every call names its viewer session; the session comes from a
+"""What the live page calls. Every call names its viewer session; the session comes from a
 valid play ticket for that one camera.
 
 * ``POST /play/live/<id>/session?ticket=T`` opens a viewer session: ``{"session", "heartbeat",
-  "fallback_after", "ticket"}`` (a renewed ticket), or 403 (ticket) / 409 (camera offline).
+  "fallback_after", "ticket"}`` (a renewed ticket), or 403 (ticket), 409 (camera offline: the
+  page tries again) or 404 (the camera no longer exists).
 * ``POST /play/live/<id>/webrtc?session=S`` with ``{"sdp": offer}`` answers ``{"sdp": answer}``.
 * ``GET /play/live/<id>/mse?session=S`` is the fMP4 WebSocket (see relay.live.mse).
 * ``POST /play/live/<id>/heartbeat?session=S`` keeps the session alive, answering a renewed ticket
   and the live state; 404 once the session has ended (the page then opens a new one).
 * ``POST /play/live/<id>/bye?session=S`` ends it (the page's ``sendBeacon`` on pagehide).
+
+Every refusal has the shape of every other error of the relay, ``{"err_code": <the HTTP status>,
+"err_msg": "<why>"}``, plus fields the page acts on (``"state": "offline"`` with a 409). An id in
+the path that is not 1-16 ASCII digits naming 1..2**53 is 404 "no such camera".
 
 A session has one transport at a time: opening WebRTC or MSE closes the other. When the current
 transport closes (WebRTC failed or closed, the MSE socket gone), the session ends.
@@ -16,11 +21,14 @@ transport closes (WebRTC failed or closed, the MSE socket gone), the session end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ..ids import parse_id
 from ..services import SERVICES
 from ..tickets import TicketError, check_ticket, issue_ticket
 from .controller import LiveController, LiveRefused, Viewer
@@ -32,15 +40,39 @@ log = logging.getLogger(__name__)
 _HEADERS = {"Cache-Control": "no-store"}
 
 
-def _json(body: dict, status: int = 200) -> web.Response:  # type: ignore[type-arg]
+def _json(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response(body, status=status, headers=_HEADERS)
 
 
+class Refused(Exception):
+    """A refusal a handler raises; answered as ``{"err_code", "err_msg", **extra}``."""
+
+    def __init__(self, status: int, reason: str, **extra: Any) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.extra = extra
+
+
+def _error(status: int, reason: str, **extra: Any) -> web.Response:
+    return _json({"err_code": status, "err_msg": reason, **extra}, status)
+
+
+def _answers(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+             ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Refused as refusal:
+            return _error(refusal.status, str(refusal), **refusal.extra)
+
+    return answer
+
+
 def _camera_id(request: web.Request) -> int:
-    raw = request.match_info["target"]
-    if not raw.isdigit() or not 0 < int(raw) <= 2**53:
-        raise web.HTTPNotFound()
-    return int(raw)
+    camera_id = parse_id(request.match_info["target"])
+    if camera_id is None:
+        raise Refused(404, "no such camera")
+    return camera_id
 
 
 def _renewed_ticket(request: web.Request, camera_id: int) -> str:
@@ -50,9 +82,10 @@ def _renewed_ticket(request: web.Request, camera_id: int) -> str:
 
 
 def _viewer(request: web.Request) -> Viewer:
+    camera_id = _camera_id(request)
     viewer = request.app[LIVE].viewer(request.query.get("session", ""))
-    if viewer is None or viewer.camera_id != _camera_id(request):
-        raise web.HTTPNotFound(text='{"error": "no such session"}', content_type="application/json")
+    if viewer is None or viewer.camera_id != camera_id:
+        raise Refused(404, "no such session")
     return viewer
 
 
@@ -62,11 +95,13 @@ async def open_session(request: web.Request) -> web.Response:
     try:
         check_ticket(services.signer, services.clock, "live", request.query.get("ticket"), camera_id)
     except TicketError as refusal:
-        return _json({"error": str(refusal)}, 403)
+        raise Refused(403, str(refusal)) from None
     try:
         viewer = await request.app[LIVE].open_viewer(camera_id)
     except LiveRefused as refusal:
-        return _json({"error": str(refusal), "state": "offline"}, 409)
+        if refusal.status != 409:
+            raise Refused(refusal.status, str(refusal)) from None
+        raise Refused(409, str(refusal), state="offline") from None
     settings = services.settings
     return _json({
         "session": viewer.viewer_id,
@@ -106,34 +141,43 @@ async def webrtc_offer(request: web.Request) -> web.Response:
         if not isinstance(offer, str):
             raise ValueError
     except web.HTTPRequestEntityTooLarge:  # the app's body limit: an offer is a few kB
-        return _json({"error": "the offer is too large"}, 400)
+        raise Refused(400, "the offer is too large") from None
     except (ValueError, KeyError):
-        return _json({"error": "send {\"sdp\": offer}"}, 400)
+        raise Refused(400, "send {\"sdp\": offer}") from None
     if not controller.is_open(viewer):  # it ended while the offer arrived
-        return _json({"error": "no such session"}, 404)
+        raise Refused(404, "no such session")
     holder: dict[str, Callable[[], Awaitable[None]]] = {}
 
     async def on_closed() -> None:
-        await _on_transport_closed(controller, viewer, "webrtc", holder["close"])()
+        close = holder.pop("close", None)  # popped: holder -> close -> on_closed -> holder is a cycle
+        if close is not None:
+            await _on_transport_closed(controller, viewer, "webrtc", close)()
 
     try:
-        close, answer = await answer_offer(offer, controller.feed(viewer.camera_id),
-                                           settings.ice_public_ip, on_closed)
+        close, answer = await answer_offer(
+            offer, controller.feed(viewer.camera_id), settings.ice_public_ip,
+            controller.timings.ice_deadline, f"camera {viewer.camera_id}: viewer #{viewer.number}",
+            on_closed, controller.spawn)
     except SdpError as refusal:
-        log.info("camera %d: refused an offer: %s", viewer.camera_id, refusal)
-        return _json({"error": str(refusal)}, 400)
+        log.info("camera %d: viewer #%d: refused an offer: %s", viewer.camera_id, viewer.number,
+                 refusal)
+        raise Refused(400, str(refusal)) from None
     holder["close"] = close
     if not controller.is_open(viewer):  # it ended while we answered
         await close()
-        return _json({"error": "no such session"}, 404)
+        raise Refused(404, "no such session")
     await _attach(controller, viewer, "webrtc", close)
     return _json({"sdp": answer})
 
 
 async def mse_socket(request: web.Request) -> web.StreamResponse:
+    """The fMP4 WebSocket. Its frames are H.264 already: no permessage-deflate (``compress=False``;
+    per-message ``compress=False`` would not do, the negotiated extension would still compress),
+    which also keeps every send synchronous up to the write buffer, so the one sender task stops
+    the moment it is cancelled, and is awaited before the handler returns."""
     controller = request.app[LIVE]
     viewer = _viewer(request)
-    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096)
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096, compress=False)
     await ws.prepare(request)
     if not controller.is_open(viewer):  # it ended during the upgrade
         await ws.close(code=4004, message=b"no such session")
@@ -148,11 +192,14 @@ async def mse_socket(request: web.Request) -> web.StreamResponse:
     await _attach(controller, viewer, "mse", close)
 
     async def pump() -> None:
-        while (item := await subscription.get()) is not None:
-            if item[:1] == b"{":
-                await ws.send_str(item.decode())
-            else:
-                await ws.send_bytes(item)
+        try:
+            while (item := await subscription.get()) is not None:
+                if item[:1] == b"{":
+                    await ws.send_str(item.decode())
+                else:
+                    await ws.send_bytes(item)
+        except ConnectionResetError:  # the page went while a fragment was on its way
+            pass
 
     sender = asyncio.create_task(pump())
     try:
@@ -161,6 +208,8 @@ async def mse_socket(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
         mse.unsubscribe(subscription)
         await _on_transport_closed(controller, viewer, "mse", close)()
         await controller.release_mse(viewer.camera_id)
@@ -169,25 +218,27 @@ async def mse_socket(request: web.Request) -> web.StreamResponse:
 
 async def heartbeat(request: web.Request) -> web.Response:
     controller = request.app[LIVE]
-    viewer = controller.heartbeat(request.query.get("session", ""))
     camera_id = _camera_id(request)
-    if viewer is None or viewer.camera_id != camera_id:
-        return _json({"error": "no such session"}, 404)
+    viewer = controller.viewer(request.query.get("session", ""))
+    if viewer is None or viewer.camera_id != camera_id:  # another camera's beat keeps nothing
+        raise Refused(404, "no such session")
+    controller.heartbeat(viewer.viewer_id)
     return _json({"ticket": _renewed_ticket(request, camera_id),
                   **controller.state_of(camera_id)})
 
 
 async def goodbye(request: web.Request) -> web.Response:
     controller = request.app[LIVE]
+    camera_id = _camera_id(request)
     viewer = controller.viewer(request.query.get("session", ""))
-    if viewer is not None and viewer.camera_id == _camera_id(request):
+    if viewer is not None and viewer.camera_id == camera_id:
         await controller.close_viewer(viewer.viewer_id, "goodbye")
     return web.Response(status=204)
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/play/live/{target}/session", open_session)
-    app.router.add_post("/play/live/{target}/webrtc", webrtc_offer)
-    app.router.add_get("/play/live/{target}/mse", mse_socket)
-    app.router.add_post("/play/live/{target}/heartbeat", heartbeat)
-    app.router.add_post("/play/live/{target}/bye", goodbye)
+    app.router.add_post("/play/live/{target}/session", _answers(open_session))
+    app.router.add_post("/play/live/{target}/webrtc", _answers(webrtc_offer))
+    app.router.add_get("/play/live/{target}/mse", _answers(mse_socket))
+    app.router.add_post("/play/live/{target}/heartbeat", _answers(heartbeat))
+    app.router.add_post("/play/live/{target}/bye", _answers(goodbye))
