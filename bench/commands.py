@@ -1,10 +1,13 @@
-"""Benchmark agent commands through the relay, and many agents connected to one relay node.
+"""Benchmark agent commands through the relay, many agents on one relay node, and a restart storm.
 
     .venv/bin/python bench/commands.py [--rounds 3] [--duration 8] [--agents 10000] [--skip-agents]
+    .venv/bin/python bench/commands.py --only storm --storm 1000,5000,10000   # part 3 alone
 
-With the defaults it takes about 5 minutes (2 cores). ``--profile DIR`` adds py-spy profiles of the
-relay; ``--relay-dir COPY`` runs ``relay serve`` from another copy of the project (an A/B of relay
-code with the same bench); ``--keep`` keeps the data dirs and logs.
+With the defaults it takes about 5 minutes (2 cores) for parts 1 and 2, and part 3 (one storm of
+10,000 agents) up to 10 more. ``--profile DIR`` adds py-spy profiles of the relay; ``--relay-dir
+COPY`` runs ``relay serve`` from another copy of the project (an A/B of relay code with the same
+bench); ``--keep`` keeps the data dirs and logs; ``--only PART`` or ``--skip-PART`` chooses parts.
+Parts 1 and 2 need wrk.
 
 Part 1, command round trip. A real ``relay serve`` (fresh data dir), one simulated agent (a minimal
 aiohttp WebSocket client in its own process, this script with ``--role agent``) and one camera on
@@ -31,6 +34,24 @@ all connected, a camera is added to one agent's gatherer and ``start_camera`` ti
 links are then held for ``--hold`` seconds (longer than the relay's 20 s heartbeat, so every agent
 must have answered a ping) and counted again.
 
+Part 3, restart storm (``--storm N[,N...]``, one run per size). A fresh ``relay serve`` and N
+simulated agents (the part 2 client processes with ``--reconnect``) that behave like the reference
+agent (``relay/agent/agent.py``, ``Agent.run``): a hello with their own MAC, answers to commands
+and pings, WebSocket pings every 20 s; after every connection, delay = min(30, 0.5 * 2**failures)
+* uniform(0.5, 1.0), failures reset to 0 by a welcome; no welcome within 20 s of the hello closes
+the link and counts a failure (a "welcome timeout"); an upgrade refused with 503 waits its
+``Retry-After`` (read as the agent reads it) * uniform(1.0, 1.5) and is not a failure. First
+connect: all N released at once on the fresh relay. Restart: once all are connected (and
+``--storm-hold`` s more), the relay is SIGKILLed and started again on the same port and data dir.
+Each is timed until every agent has had a welcome since it began and ``/metrics`` counts all N
+(first connect from the release, restart from the new relay's first /healthz answer), or
+``--storm-limit`` s ("not all back"): when 50/90/99/100 % had their welcome (the clients' clock),
+the relay's CPU meanwhile (and per welcome: the cost of a registration), the clients' counts
+(welcome timeouts, links closed before the welcome, connect errors, connections refused while
+nothing listened, 503s, retries, dropped links) and the tracebacks, ERROR and WARNING lines in the
+relay's log. Each run records the relay code's commit, ``git status --short relay/`` and the load
+average. The goal (issue 8, finding 14): 10,000 back within 30 s of a restart, 0 tracebacks.
+
 Every process this starts is stopped by its PID, and the temporary dir removed, on the way out,
 failures and Ctrl-C included.
 """
@@ -40,11 +61,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import itertools
 import json
 import math
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -56,6 +79,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +92,7 @@ from common import (
     http_get,
     http_json,
     interrupt,
+    restart_relay_serve,
     start_relay_serve,
     wait_for_http,
     wait_until,
@@ -81,6 +106,15 @@ if str(ROOT) not in sys.path:
 SCRIPT = str(Path(__file__).resolve())
 MAX_MESSAGE = 256 * 1024
 PROTOCOL = 1
+#: The reference agent's timings (relay/agent/agent.py, relay/link/protocol.py), which the part 3
+#: agents copy: backoff cap, WebSocket ping interval, and how long it waits for the welcome
+#: (HELLO_TIMEOUT * 2) before it closes and counts a failure.
+MAX_BACKOFF = 30.0
+HEARTBEAT = 20.0
+WELCOME_TIMEOUT = 20.0
+#: Gatherers the bench's one agent key may register (keys are limited to 1 unless told; a second
+#: agent on a key is refused with close code 4004). The catalogue's maximum.
+GATHERERS = 100_000
 
 
 # --------------------------------------------------------------------------- processes
@@ -132,20 +166,44 @@ def reply_to(command: dict[str, Any]) -> dict[str, Any]:
     return {"type": "reply", "id": command.get("id"), "err_code": 0, "err_msg": "OK", "data": body}
 
 
+def retry_after(headers: Any) -> float:
+    """A 503's ``Retry-After`` in seconds, read as the reference agent reads it: 1 to
+    ``MAX_BACKOFF``, 5 when it is missing or not a number (an HTTP-date)."""
+    try:
+        return min(MAX_BACKOFF, max(1.0, float((headers or {}).get("Retry-After", "5"))))
+    except ValueError:
+        return 5.0
+
+
+def backoff(failures: int) -> float:
+    """The reference agent's delay before its next connect (``Agent.run``)."""
+    return min(MAX_BACKOFF, 0.5 * 2 ** failures) * random.uniform(0.5, 1.0)
+
+
 async def agents_role(args: argparse.Namespace) -> None:
     """``--role agent``: up to ``--count`` agents; stdin ``target N`` lets N of them connect.
 
-    Prints one JSON line of progress a second (and each gather_id the first agent learns)."""
+    Without ``--reconnect`` (part 2) an agent tries ``--attempts`` times, paced by ``--rate`` and
+    ``--inflight``, and stays down once its link ends. With it (part 3) an agent behaves like the
+    reference agent: all start at once, and every ended link or failed connect is followed by the
+    reference backoff and a new connect, for as long as the process runs (see :func:`reconnecting`).
+
+    Prints one JSON line of progress every half second (and each gather_id the first agent learns);
+    stdin ``mark`` starts a new record of each agent's first welcome from then on (the progress
+    lines carry the times, in this host's monotonic clock, under ``back``)."""
     import aiohttp
 
     loop = asyncio.get_running_loop()
     control = {"target": args.target, "stop": False}
     changed = asyncio.Event()
     stats = {"connected": 0, "attempted": 0, "failed": 0, "dropped": 0, "commands": 0,
-             "retries": 0}
+             "retries": 0, "welcomed": 0, "timeouts": 0, "refused": 0, "connect_errors": 0,
+             "busy": 0, "busy_seconds": 0.0, "unwelcomed": 0}
     last_error = [""]
-    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    sockets: set[aiohttp.ClientWebSocketResponse] = set()
     gate = asyncio.Semaphore(args.inflight)
+    been_back: set[int] = set()
+    back: list[float] = []
 
     def emit(event: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(event) + "\n")
@@ -159,6 +217,9 @@ async def agents_role(args: argparse.Namespace) -> None:
             if words[:1] == ["target"]:
                 control["target"] = int(words[1])
                 changed.set()
+            elif words[:1] == ["mark"]:
+                been_back.clear()
+                back.clear()
             elif words[:1] == ["quit"]:
                 break
         control["stop"] = True
@@ -166,12 +227,42 @@ async def agents_role(args: argparse.Namespace) -> None:
 
     headers = {"Authorization": f"Bearer {args.key}"}
 
-    async def one(http: aiohttp.ClientSession, index: int) -> None:
-        hello = {
+    def hello_of(index: int) -> dict[str, Any]:
+        return {
             "type": "hello", "protocol": PROTOCOL, "version": "bench",
             "mac_addr": mac_of(args.proc, index), "ip_addr": "127.0.0.1",
             "name_pc": f"bench-{args.proc}-{index}", "os_name": "bench", "devices": [],
         }
+
+    def welcomed(index: int, ws: aiohttp.ClientWebSocketResponse, gather_id: int) -> None:
+        stats["connected"] += 1
+        stats["welcomed"] += 1
+        sockets.add(ws)
+        if index not in been_back:
+            been_back.add(index)
+            back.append(loop.time())
+        if index == 0:
+            emit({"event": "gather", "proc": args.proc, "gather_id": gather_id})
+
+    async def serve(ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Answer commands until the link ends (aiohttp answers the relay's pings)."""
+        try:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                command = json.loads(message.data)
+                if command.get("type") == "command":
+                    stats["commands"] += 1
+                    await ws.send_str(json.dumps(reply_to(command)))
+        finally:
+            stats["connected"] -= 1
+            sockets.discard(ws)
+            if not control["stop"]:
+                stats["dropped"] += 1
+                last_error[0] = f"link closed: code {ws.close_code} {ws.exception() or ''}".strip()
+
+    async def one(http: aiohttp.ClientSession, index: int) -> None:
+        hello = hello_of(index)
         ws = None
         released = False
         try:
@@ -201,24 +292,79 @@ async def agents_role(args: argparse.Namespace) -> None:
                 return
             gate.release()
             released = True
-            stats["connected"] += 1
-            sockets.append(ws)
-            if index == 0:
-                emit({"event": "gather", "proc": args.proc, "gather_id": gather_id})
-            async for message in ws:
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    break
-                command = json.loads(message.data)
-                if command.get("type") == "command":
-                    stats["commands"] += 1
-                    await ws.send_str(json.dumps(reply_to(command)))
-            stats["connected"] -= 1
-            if not control["stop"]:
-                stats["dropped"] += 1
-                last_error[0] = f"link closed: code {ws.close_code}"
+            welcomed(index, ws, gather_id)
+            await serve(ws)
         finally:
             if not released:
                 gate.release()
+
+    async def session(http: aiohttp.ClientSession, index: int) -> bool | float:
+        """One connection until it ends, as ``Agent._session``: True once welcomed, a 503's
+        Retry-After (seconds) when the relay is admitting all it can, else False (a failure)."""
+        try:
+            ws = await http.ws_connect(
+                args.url, headers=headers, heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 503:
+                stats["busy"] += 1
+                seconds = retry_after(exc.headers)
+                stats["busy_seconds"] += seconds
+                return seconds
+            stats["connect_errors"] += 1
+            last_error[0] = f"upgrade refused: HTTP {exc.status}"
+            return False
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                stats["refused"] += 1  # nothing listens: the relay is down
+            else:
+                stats["connect_errors"] += 1
+                last_error[0] = f"{exc.__class__.__name__}: {exc}"[:200]
+            return False
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            stats["connect_errors"] += 1
+            last_error[0] = f"{exc.__class__.__name__}: {exc}"[:200]
+            return False
+        try:
+            try:
+                await ws.send_str(json.dumps(hello_of(index)))
+                welcome = await asyncio.wait_for(ws.receive(), WELCOME_TIMEOUT)
+            except TimeoutError:
+                stats["timeouts"] += 1
+                return False
+            if welcome.type != aiohttp.WSMsgType.TEXT:
+                stats["unwelcomed"] += 1
+                last_error[0] = f"closed before the welcome: {welcome.type.name} {ws.close_code}"
+                return False
+            welcomed(index, ws, json.loads(welcome.data)["gather_id"])
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                await serve(ws)
+            return True
+        except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
+            stats["unwelcomed"] += 1
+            last_error[0] = f"before the welcome: {exc.__class__.__name__}: {exc}"[:200]
+            return False
+        finally:
+            await ws.close()
+
+    async def reconnecting(http: aiohttp.ClientSession, index: int) -> None:
+        """``Agent.run``'s loop: after each connection, ``backoff(failures)`` with failures reset
+        by a welcome; a 503 waits its Retry-After × uniform(1.0, 1.5) and is not a failure."""
+        failures = 0
+        retry = False
+        while not control["stop"]:
+            stats["attempted"] += 1
+            stats["retries"] += retry
+            outcome = await session(http, index)
+            if isinstance(outcome, bool):
+                failures = 0 if outcome else failures + 1
+                delay = backoff(failures)
+                retry = not outcome
+            else:
+                delay = outcome * random.uniform(1.0, 1.5)
+                retry = True
+            await asyncio.sleep(delay)
 
     async def launch(http: aiohttp.ClientSession, tasks: set[asyncio.Task[None]]) -> None:
         interval = 1.0 / args.rate
@@ -229,21 +375,30 @@ async def agents_role(args: argparse.Namespace) -> None:
                 await changed.wait()
             if control["stop"]:
                 return
-            now = loop.time()
-            next_at = max(next_at, now)
-            if next_at > now:
-                await asyncio.sleep(next_at - now)
-            next_at += interval
-            await gate.acquire()
-            stats["attempted"] += 1
-            task = asyncio.create_task(one(http, index))
+            if args.reconnect:
+                task = asyncio.create_task(reconnecting(http, index))
+            else:
+                now = loop.time()
+                next_at = max(next_at, now)
+                if next_at > now:
+                    await asyncio.sleep(next_at - now)
+                next_at += interval
+                await gate.acquire()
+                stats["attempted"] += 1
+                task = asyncio.create_task(one(http, index))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
+    def progress() -> dict[str, Any]:
+        event = {"event": "progress", "proc": args.proc, **stats, "error": last_error[0],
+                 "back": list(back)}
+        back.clear()
+        return event
+
     async def report() -> None:
         while True:
-            emit({"event": "progress", "proc": args.proc, **stats, "error": last_error[0]})
-            await asyncio.sleep(1.0)
+            emit(progress())
+            await asyncio.sleep(0.5)
 
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -253,33 +408,41 @@ async def agents_role(args: argparse.Namespace) -> None:
         launcher = asyncio.create_task(launch(http, tasks))
         await controller
         launcher.cancel()
+        if args.reconnect:  # no agent may reconnect while the others close
+            for task in list(tasks):
+                task.cancel()
         await asyncio.gather(*(ws.close() for ws in list(sockets)), return_exceptions=True)
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         reporter.cancel()
-        emit({"event": "progress", "proc": args.proc, **stats, "error": last_error[0]})
+        emit(progress())
 
 
 class AgentFleet:
-    """The client processes of simulated agents, and what they last reported."""
+    """The client processes of simulated agents, and what they last reported.
+
+    ``reconnect`` makes them agents that reconnect like the reference agent (part 3); ``tag`` names
+    their stderr files in the work dir."""
 
     def __init__(self, processes: Processes, url: str, key: str, total: int, procs: int,
-                 rate: float, inflight: int, attempts: int, work: Path) -> None:
+                 rate: float, inflight: int, attempts: int, work: Path, *,
+                 reconnect: bool = False, tag: str = "agents") -> None:
         self.processes = processes
         self.per_proc = [total // procs + (1 if n < total % procs else 0) for n in range(procs)]
         self.children: list[subprocess.Popen[Any]] = []
         self.progress: dict[int, dict[str, Any]] = {}
         self.gather_ids: dict[int, int] = {}
+        self.back: list[float] = []  # first welcomes since the last mark(), monotonic clock
         self._lock = threading.Lock()
         for proc, count in enumerate(self.per_proc):
             child = processes.start(
                 [sys.executable, SCRIPT, "--role", "agent", "--url", url, "--key", key,
                  "--proc", str(proc), "--count", str(count), "--target", "0",
                  "--rate", str(max(rate / procs, 0.1)), "--inflight", str(inflight),
-                 "--attempts", str(attempts)],
+                 "--attempts", str(attempts), *(["--reconnect"] if reconnect else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=(work / f"agents-{proc}.stderr").open("wb"), cwd=ROOT,
+                stderr=(work / f"{tag}-{proc}.stderr").open("wb"), cwd=ROOT,
             )
             self.children.append(child)
             threading.Thread(target=self._read, args=(child,), daemon=True).start()
@@ -294,9 +457,15 @@ class AgentFleet:
                     continue
                 with self._lock:
                     if event.get("event") == "progress":
+                        self.back.extend(event.pop("back", ()))
                         self.progress[event["proc"]] = event
                     elif event.get("event") == "gather":
                         self.gather_ids[event["proc"]] = event["gather_id"]
+
+    def _tell(self, child: subprocess.Popen[Any], line: str) -> None:
+        assert child.stdin is not None
+        child.stdin.write(f"{line}\n".encode())
+        child.stdin.flush()
 
     def target(self, total: int) -> None:
         """Let ``total`` agents be connected in all, spread like the processes' shares."""
@@ -306,17 +475,36 @@ class AgentFleet:
             share = count if proc == len(self.children) - 1 else round(total * count / whole)
             share = min(count, max(0, min(share, remaining)))
             remaining -= share
-            assert child.stdin is not None
-            child.stdin.write(f"target {share}\n".encode())
-            child.stdin.flush()
+            self._tell(child, f"target {share}")
+
+    def mark(self) -> float:
+        """Start a new record of each agent's first welcome; the monotonic time it starts at."""
+        with self._lock:
+            self.back.clear()
+            for child in self.children:
+                self._tell(child, "mark")
+            return time.monotonic()
+
+    def back_since(self, since: float) -> list[float]:
+        """When each agent first got a welcome after ``since`` (a mark()), sorted."""
+        with self._lock:
+            return sorted(moment for moment in self.back if moment >= since)
 
     def totals(self) -> dict[str, Any]:
         with self._lock:
             reports = list(self.progress.values())
-        keys = ("connected", "attempted", "failed", "dropped", "commands", "retries")
+        keys = [key for key, value in (reports[0] if reports else {}).items()
+                if key != "proc" and isinstance(value, int | float)]
         totals: dict[str, Any] = {key: sum(r.get(key, 0) for r in reports) for key in keys}
+        for key in ("connected", "attempted", "failed", "dropped", "commands", "retries"):
+            totals.setdefault(key, 0)
         totals["errors"] = [r["error"] for r in reports if r.get("error")]
         return totals
+
+    def reporting(self) -> bool:
+        """Every process has reported at least once (it has started)."""
+        with self._lock:
+            return len(self.progress) == len(self.children)
 
     def alive(self) -> bool:
         return all(child.poll() is None for child in self.children)
@@ -325,12 +513,19 @@ class AgentFleet:
         return sum(proc_status(child.pid).get("VmRSS", 0) for child in self.children
                    if child.poll() is None)
 
+    def cpu(self) -> float:
+        """CPU seconds the client processes have used so far."""
+        total = 0.0
+        for child in self.children:
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(child.pid)
+        return total
+
     def quit(self) -> None:
         for child in self.children:
             if child.poll() is None and child.stdin is not None:
                 with contextlib.suppress(OSError, ValueError):
-                    child.stdin.write(b"quit\n")
-                    child.stdin.flush()
+                    self._tell(child, "quit")
 
 
 # --------------------------------------------------------------------------- echo baseline
@@ -551,15 +746,18 @@ class Relay:
 def start_relay(processes: Processes, work: Path, name: str, extra: list[str],
                 relay_dir: Path = ROOT) -> Relay:
     """``relay serve`` on a fresh data dir, run from ``relay_dir`` (``python -m relay`` imports the
-    ``relay`` package there first, so a copy of the tree with other code can be compared)."""
+    ``relay`` package there first, so a copy of the tree with other code can be compared), and an
+    agent key for all the bench's agents: made once the relay has created the catalogue (commands
+    refuse a dir without one), allowed ``GATHERERS`` gatherers (a key registers one by default)."""
     data = work / f"{name}-data"
-    key = subprocess.run(
-        [sys.executable, "-m", "relay", "agent-key", "add", "bench", "--data", str(data)],
-        capture_output=True, text=True, timeout=120, cwd=relay_dir, check=True,
-    ).stdout.strip()
     stderr = work / f"{name}.stderr"
     served = start_relay_serve(processes, data, stderr, ["--log-level", "warning", *extra],
                                cwd=relay_dir)
+    key = subprocess.run(
+        [sys.executable, "-m", "relay", "agent-key", "add", "bench", "--gatherers", str(GATHERERS),
+         "--data", str(data)],
+        capture_output=True, text=True, timeout=120, cwd=relay_dir, check=True,
+    ).stdout.strip()
     return Relay(served.child, served.base, served.token, key, stderr)
 
 
@@ -982,6 +1180,354 @@ def part_agents(args: argparse.Namespace, processes: Processes, work: Path) -> d
     }
 
 
+# --------------------------------------------------------------------------- part 3
+
+
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b(:|$)")
+FRACTIONS = (0.5, 0.9, 0.99, 1.0)
+#: The restart goal of issue 8 (finding 14): every agent back within this many seconds of the
+#: new relay answering /healthz, and no traceback in its log.
+GOAL_SECONDS = 30.0
+
+
+def tree_state(relay_dir: Path) -> str:
+    """The commit ``relay_dir`` is at and its uncommitted changes under relay/, for the record."""
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", "-C", str(relay_dir), *argv], capture_output=True,
+                              text=True, timeout=30)
+        return done.stdout.strip() if done.returncode == 0 else "?"
+
+    changes = "; ".join(line.strip() for line in git("status", "--short", "relay/").splitlines())
+    return f"commit {git('log', '-1', '--format=%h')}, relay/ " + (
+        f"uncommitted: {changes}" if changes else "clean")
+
+
+@dataclass
+class LogCount:
+    """What a relay's log holds: tracebacks, ERROR and WARNING lines, the commonest kinds."""
+
+    tracebacks: int = 0
+    errors: int = 0
+    warnings: int = 0
+    kinds: list[tuple[int, str]] = field(default_factory=list)
+
+
+def count_log(path: Path, top: int = 4) -> LogCount:
+    """Tracebacks, ERROR and WARNING lines in ``path``; the ``top`` commonest exceptions and
+    ERROR/WARNING messages, with numbers and MACs blanked so that lines of one kind group."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    count = LogCount()
+    kinds: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("Traceback (most recent call last)"):
+            count.tracebacks += 1
+        elif EXCEPTION_LINE.match(line):
+            kinds[line[:110]] += 1
+        elif " ERROR " in line or " WARNING " in line:
+            count.errors += " ERROR " in line
+            count.warnings += " WARNING " in line
+            message = line.split(" ", 2)[-1]
+            message = re.sub(r"\b[0-9a-f]{2}(:[0-9a-f]{2}){5}\b", "MAC", message)
+            kinds[re.sub(r"\d+(\.\d+)*", "N", message)[:110]] += 1
+    count.kinds = [(number, kind) for kind, number in kinds.most_common(top)]
+    return count
+
+
+class MetricsPoller:
+    """Reads ``relay_agents_connected`` from the relay's /metrics in a thread, as fast as it
+    answers (a relay busy with a storm answers slowly: the main loop never waits for it)."""
+
+    def __init__(self, relay: Relay, interval: float = 0.25) -> None:
+        self.relay, self.interval = relay, interval
+        self.samples: list[tuple[float, int]] = []  # (monotonic time answered, count)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                count = self.relay.agents_connected()
+            except (OSError, ValueError, http.client.HTTPException):
+                count = -1
+            if count >= 0:
+                self.samples.append((time.monotonic(), count))
+            self._stopping.wait(self.interval)
+
+    def latest(self) -> tuple[float, int]:
+        return self.samples[-1] if self.samples else (0.0, -1)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(35)
+
+
+@dataclass
+class Phase:
+    """One storm: from ``start`` (the fleet's release, or the new relay's first /healthz) until
+    every agent has had a welcome since the mark and /metrics counts them all, or the limit."""
+
+    name: str
+    agents: int
+    up_s: float = float("nan")  # restart: SIGKILL until the new relay's /healthz answered
+    at: dict[float, float | None] = field(default_factory=dict)  # fraction back → seconds
+    metrics_all_s: float | None = None
+    back: int = 0
+    connected: int = -1
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    startup_cpu_s: float = float("nan")
+    fleet_cpu_s: float = 0.0
+    rss_kb: int = 0
+    counts: dict[str, float] = field(default_factory=dict)
+    log: LogCount = field(default_factory=LogCount)
+    stopped: str = ""
+    client_errors: list[str] = field(default_factory=list)  # the agents' last errors, distinct
+
+    @property
+    def cpu_ms_per_welcome(self) -> float:
+        welcomes = self.counts.get("welcomed", 0)
+        return 1000 * self.cpu_s / welcomes if welcomes else float("nan")
+
+    @property
+    def all_s(self) -> float | None:
+        """Every agent back: welcomed since the mark by the clients' count and on /metrics."""
+        if self.at.get(1.0) is None or self.metrics_all_s is None:
+            return None
+        return max(self.at[1.0], self.metrics_all_s)  # type: ignore[type-var]
+
+
+def watch(phase: Phase, relay: Relay, fleet: AgentFleet, since: float, start: float,
+          limit: float, before: tuple[dict[str, Any], float]) -> Phase:
+    """Follow a storm until all of ``phase.agents`` are back or ``limit`` s after ``start``,
+    printing a line every 5 s; fills in ``phase``. The clients' counts and CPU are told from
+    ``before`` (their totals and CPU at the mark ``since``), the relay's CPU from now."""
+    agents = phase.agents
+    poller = MetricsPoller(relay)
+    cpu_start = cpu_seconds(relay.child.pid)
+    counts_start, fleet_start = before
+    last_line, last_cpu = time.monotonic(), cpu_start
+    try:
+        while True:
+            time.sleep(0.25)
+            now = time.monotonic()
+            back = len(fleet.back_since(since))
+            answered, count = poller.latest()
+            if count >= agents and phase.metrics_all_s is None:
+                phase.metrics_all_s = answered - start
+            if back >= agents and phase.metrics_all_s is not None:
+                break
+            if relay.child.poll() is not None:
+                phase.stopped = f"relay exited with {relay.child.returncode}"
+                break
+            if not fleet.alive():
+                phase.stopped = "an agent process exited"
+                break
+            if now - start > limit:
+                phase.stopped = f"not all back: {back:,} of {agents:,} after {limit:g} s"
+                break
+            if now - last_line >= 5:
+                cpu = cpu_seconds(relay.child.pid)
+                totals = fleet.totals()
+                age = f" ({now - answered:.0f} s ago)" if now - answered > 2 else ""
+                print(f"  {now - start:6.1f}s  /metrics {count:>6,}{age}  back {back:>6,}  relay CPU "
+                      f"{100 * (cpu - last_cpu) / (now - last_line):3.0f}%  welcome timeouts "
+                      f"{totals['timeouts'] - counts_start['timeouts']:,}  503s "
+                      f"{totals['busy'] - counts_start['busy']:,}  connect errors "
+                      f"{totals['connect_errors'] - counts_start['connect_errors']:,}  refused "
+                      f"{totals['refused'] - counts_start['refused']:,}", flush=True)
+                last_line, last_cpu = now, cpu
+    finally:
+        poller.stop()
+    end = time.monotonic()
+    phase.seconds = end - start
+    if relay.child.poll() is None:
+        phase.cpu_s = cpu_seconds(relay.child.pid) - cpu_start
+        phase.rss_kb = relay.rss_kb()
+    phase.fleet_cpu_s = fleet.cpu() - fleet_start
+    times = fleet.back_since(since)
+    phase.back = len(times)
+    for fraction in FRACTIONS:
+        needed = math.ceil(fraction * agents)
+        phase.at[fraction] = times[needed - 1] - start if len(times) >= needed else None
+    phase.connected = poller.latest()[1]
+    time.sleep(0.6)  # the clients' next progress reports: their counts up to the end
+    totals = fleet.totals()
+    phase.counts = {key: totals[key] - counts_start.get(key, 0) for key in totals
+                    if isinstance(totals[key], int | float)}
+    phase.client_errors = sorted(set(totals["errors"]))[:4]
+    phase.log = count_log(relay.stderr)
+    return phase
+
+
+def storm(args: argparse.Namespace, processes: Processes, work: Path, agents: int
+          ) -> dict[str, Any]:
+    """N agents connect to a fresh relay all at once (the first connect), then the relay is
+    SIGKILLed and restarted on the same port and data dir (the restart)."""
+    name = f"storm{agents}"
+    state = tree_state(args.relay_dir) + ", load average {:.1f} {:.1f} {:.1f}".format(
+        *os.getloadavg())
+    limits = raise_nofile(agents + 4096)
+    print(f"== part 3: restart storm of {agents:,} agents; relay code {args.relay_dir} ({state}); "
+          f"RLIMIT_NOFILE {limits[0]}", flush=True)
+    relay = start_relay(processes, work, name, args.serve_arg, args.relay_dir)
+    data = work / f"{name}-data"
+    fleet = AgentFleet(processes, relay.base.replace("http", "ws") + "/agent", relay.key, agents,
+                       args.agent_procs, 1, 1, 1, work, reconnect=True, tag=f"{name}-agents")
+    wait_until(fleet.reporting, 60, "the agent processes' first reports", interval=0.1)
+    print(f"relay serve PID {relay.child.pid} on {relay.base}; {args.agent_procs} agent processes "
+          f"{[child.pid for child in fleet.children]}", flush=True)
+
+    def spy(phase: str, pid: int) -> Spy | None:
+        return Spy(processes, pid, args.profile / f"{name}-{phase}.txt", rate=200) if (
+            args.profile) else None
+
+    print(f"first connect: {agents:,} agents at once", flush=True)
+    profile = spy("first-connect", relay.child.pid)
+    before = fleet.totals(), fleet.cpu()
+    since = fleet.mark()
+    fleet.target(agents)
+    cold = watch(Phase("first connect", agents), relay, fleet, since, since, args.storm_limit,
+                 before)
+    if profile:
+        profile.stop()
+
+    cpu_before, idle_from = cpu_seconds(relay.child.pid), time.monotonic()
+    time.sleep(args.storm_hold)
+    idle = (cpu_seconds(relay.child.pid) - cpu_before) / (time.monotonic() - idle_from)
+    try:
+        before_kill = relay.agents_connected()
+    except (OSError, ValueError, http.client.HTTPException):
+        before_kill = -1  # /metrics did not answer: the relay is still swamped
+    print(f"{before_kill:,} connected after {args.storm_hold:g} s more (relay CPU {100 * idle:.0f}% "
+          f"of a core); SIGKILL PID {relay.child.pid}", flush=True)
+    cold.log = count_log(relay.stderr)
+
+    before = fleet.totals(), fleet.cpu()
+    since = fleet.mark()
+    os.kill(relay.child.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    relay.child.wait(30)
+    processes.stop(relay.child)  # reaped: only forgets it
+    log = work / f"{name}-restart.stderr"
+    restart = Phase("restart", agents)
+    try:
+        child, healthy_at = restart_relay_serve(processes, data, log, relay.base,
+                                                ["--log-level", "warning", *args.serve_arg],
+                                                cwd=args.relay_dir, timeout=args.storm_limit)
+    except TimeoutError as exc:
+        child, restart.stopped = None, f"the new relay did not answer /healthz: {exc}"
+        restart.log = count_log(log)
+    if child is not None:
+        restart.up_s = healthy_at - killed_at
+        restart.startup_cpu_s = cpu_seconds(child.pid)
+        again = Relay(child, relay.base, "", relay.key, log)
+        print(f"restart: PID {child.pid} answered /healthz {restart.up_s:.1f} s after the "
+              f"SIGKILL", flush=True)
+        profile = spy("restart", child.pid)
+        watch(restart, again, fleet, since, healthy_at, args.storm_limit, before)
+        if profile:
+            profile.stop()
+
+    fleet.quit()
+    if child is not None:
+        processes.stop(child, grace=60)
+    for agent_child in fleet.children:
+        processes.stop(agent_child, grace=30)
+    after_stop = count_log(log)
+    counted = f"{before_kill:,}" if before_kill >= 0 else "? (/metrics did not answer)"
+    notes = [f"{agents:,} agents: {counted} connected before the SIGKILL; relay CPU in the "
+             f"{args.storm_hold:g} s before it {100 * idle:.0f}% of a core; the restarted relay "
+             f"used {restart.startup_cpu_s:.1f} s of CPU to start"]
+    if after_stop.tracebacks + after_stop.errors > restart.log.tracebacks + restart.log.errors:
+        notes.append(f"its shutdown logged {after_stop.errors - restart.log.errors} more ERROR "
+                     f"lines and {after_stop.tracebacks - restart.log.tracebacks} tracebacks")
+    for phase in (cold, restart):
+        if phase.stopped:
+            notes.append(f"{phase.name}: {phase.stopped}")
+        if phase.counts.get("busy"):
+            notes.append(f"{phase.name}: the 503s said Retry-After "
+                         f"{phase.counts['busy_seconds'] / phase.counts['busy']:.1f} s on average")
+        for number, kind in phase.log.kinds:
+            notes.append(f"{phase.name}, relay log, {number:,}x: {kind}")
+        for error in phase.client_errors:
+            notes.append(f"{phase.name}, an agent process's last error: {error}")
+    for line in notes:
+        print("  " + line, flush=True)
+    return {"agents": agents, "state": state, "phases": [cold, restart], "notes": notes,
+            "idle_cpu": idle, "before_kill": before_kill}
+
+
+def _seconds(value: float | None) -> str:
+    return "not all back" if value is None else f"{value:.1f}"
+
+
+def part_storm(args: argparse.Namespace, processes: Processes, work: Path) -> dict[str, Any]:
+    runs = [storm(args, processes, work, agents) for agents in args.storm]
+    lines = [
+        f"Restart storm: simulated agents with the reference agent's backoff and 20 s welcome "
+        f"timeout over {args.agent_procs} client processes; first connect timed from the fleet's "
+        f"release, restart from the new relay's first /healthz; limit {args.storm_limit:g} s; "
+        f"nproc {os.cpu_count()}",
+        "",
+        "| agents | phase | relay code | SIGKILL to /healthz s | 50 % back s | 90 % s | 99 % s "
+        "| all back s | /metrics all s | relay CPU s | relay CPU % of a core | relay CPU ms per "
+        "welcome | relay RSS MB | clients CPU s |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        for phase in run["phases"]:
+            lines.append(
+                f"| {phase.agents:,} | {phase.name} | {run['state'].split(',')[0]} | "
+                f"{'-' if math.isnan(phase.up_s) else f'{phase.up_s:.1f}'} | "
+                + " | ".join(_seconds(phase.at.get(f)) for f in FRACTIONS[:3])
+                + f" | {_seconds(phase.all_s)} | {_seconds(phase.metrics_all_s)} | "
+                f"{phase.cpu_s:.1f} | {100 * phase.cpu_s / (phase.seconds or math.nan):.0f} | "
+                f"{phase.cpu_ms_per_welcome:.1f} | {phase.rss_kb / 1024:.0f} | "
+                f"{phase.fleet_cpu_s:.1f} |")
+    lines += [
+        "",
+        "| agents | phase | welcomes | welcome timeouts | closed before welcome | connect errors "
+        "| refused (no listener) | 503s | retries | links dropped | relay tracebacks "
+        "| ERROR lines | WARNING lines |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        for phase in run["phases"]:
+            counts = phase.counts
+            lines.append(
+                f"| {phase.agents:,} | {phase.name} | {counts.get('welcomed', 0):,} | "
+                f"{counts.get('timeouts', 0):,} | {counts.get('unwelcomed', 0):,} | "
+                f"{counts.get('connect_errors', 0):,} | {counts.get('refused', 0):,} | "
+                f"{counts.get('busy', 0):,} | {counts.get('retries', 0):,} | "
+                f"{counts.get('dropped', 0):,} | {phase.log.tracebacks:,} | {phase.log.errors:,} | "
+                f"{phase.log.warnings:,} |")
+    lines.append("")
+    ok = True
+    for run in runs:
+        restart = run["phases"][1]
+        met = (restart.all_s is not None and restart.all_s <= GOAL_SECONDS
+               and restart.log.tracebacks == 0)
+        ok = ok and met
+        back = ("not all back" if restart.all_s is None
+                else f"all back {restart.all_s:.1f} s after /healthz")
+        lines.append(f"restart of {run['agents']:,}: {back}, {restart.log.tracebacks:,} "
+                     f"tracebacks; goal (all back within "
+                     f"{GOAL_SECONDS:g} s, 0 tracebacks): {'met' if met else 'missed'}"
+                     + (f" ({restart.stopped})" if restart.stopped else ""))
+    for run in runs:
+        lines.append(f"relay code of the {run['agents']:,} run: {run['state']}")
+        lines += run["notes"]
+    print("\n" + "\n".join(lines) + "\n", flush=True)
+    return {
+        "table": "\n".join(lines),
+        "runs": [{**run, "phases": [{**phase.__dict__, "log": phase.log.__dict__,
+                                     "all_s": phase.all_s} for phase in run["phases"]]}
+                 for run in runs],
+        "ok": ok,
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1020,12 +1566,28 @@ def _parser() -> argparse.ArgumentParser:
                         help="run relay serve from this copy of the project (default: this one)")
     parser.add_argument("--skip-commands", action="store_true", help="skip part 1")
     parser.add_argument("--skip-agents", action="store_true", help="skip part 2")
+    parser.add_argument("--skip-storm", action="store_true", help="skip part 3")
+    parser.add_argument("--only", choices=("commands", "agents", "storm"),
+                        help="run only this part (part 1, 2 or 3)")
+    parser.add_argument("--storm", type=lambda text: [int(v) for v in text.split(",") if v],
+                        default=[10_000], metavar="N[,N...]",
+                        help="part 3 fleet sizes, one restart storm each (default 10000)")
+    parser.add_argument("--storm-limit", type=float, default=240,
+                        help="part 3: seconds each storm may take before it is reported as "
+                             "not all back (default 240)")
+    parser.add_argument("--storm-hold", type=float, default=5,
+                        help="part 3: seconds all agents stay connected before the SIGKILL "
+                             "(default 5)")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                        help="part 3: one more argument for its relay serve (repeat it), e.g. "
+                             "--serve-arg=--agent-heartbeat --serve-arg=20")
     parser.add_argument("--skip-breakdown", action="store_true",
                         help="skip part 1's in-process timing of the pieces of a start_camera")
     parser.add_argument("--profile", type=Path,
                         help="also run py-spy (--nonblocking) on the relay during one extra run "
                              "per caller count in part 1, and in part 2 while the last stage "
-                             "connects and while all agents idle; raw collapsed stacks go to "
+                             "connects and while all agents idle, in part 3 during each storm; raw "
+                             "collapsed stacks go to "
                              "this dir (and a summary to stdout)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary dir (data dirs, logs) for a post-mortem")
@@ -1040,6 +1602,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=100, help=argparse.SUPPRESS)
     parser.add_argument("--attempts", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--reconnect", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     return parser
 
@@ -1057,11 +1620,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.role:
         return _child_role(args)
+    if args.only:
+        args.skip_commands, args.skip_agents, args.skip_storm = (
+            args.only != part for part in ("commands", "agents", "storm"))
     if min(args.rounds, args.duration, args.callers, args.agents, args.agent_procs,
-           args.connect_rate, args.inflight) <= 0:
+           args.connect_rate, args.inflight, args.storm_limit, *args.storm) <= 0 or (
+            args.storm_hold < 0 or not args.storm):
         raise SystemExit("bench: counts, rates and durations must be positive")
-    if shutil.which("wrk") is None:
-        raise SystemExit("bench: wrk is not installed")
+    if shutil.which("wrk") is None and not (args.skip_commands and args.skip_agents):
+        raise SystemExit("bench: wrk is not installed (parts 1 and 2 need it)")
     signal.signal(signal.SIGTERM, interrupt)
     processes = Processes(kill_wait=10.0, close_pipes=True)
     work = Path(tempfile.mkdtemp(prefix="relay-bench-commands-"))
@@ -1073,6 +1640,8 @@ def main(argv: list[str] | None = None) -> int:
             results["commands"] = part_commands(args, processes, work)
         if not args.skip_agents:
             results["agents"] = part_agents(args, processes, work)
+        if not args.skip_storm:
+            results["storm"] = part_storm(args, processes, work)
         print(f"bench finished in {time.monotonic() - started:.0f} s")
         return 0 if all(part.get("ok", True) for part in results.values()
                         if isinstance(part, dict)) else 1

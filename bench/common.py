@@ -223,6 +223,33 @@ def start_relay_serve(processes: Processes, data: Path, log: Path, flags: Sequen
     return RelayServe(child, base, answer["token"])
 
 
+def restart_relay_serve(processes: Processes, data: Path, log: Path, base: str,
+                        flags: Sequence[str] = (), *, cwd: Path = ROOT,
+                        timeout: float = START_TIMEOUT, interval: float = 0.02
+                        ) -> tuple[subprocess.Popen[bytes], float]:
+    """``relay serve`` again on a data dir a relay has served before, on the same ``base``
+    (http://127.0.0.1:PORT), stderr to ``log``. There is no first-start banner then, so it only
+    waits for /healthz (polled every ``interval`` s): the child and the monotonic time /healthz
+    first answered."""
+    port = base.rsplit(":", 1)[1]
+    with log.open("wb") as stderr:
+        child = processes.start(
+            [sys.executable, "-m", "relay", "serve", "--data", str(data),
+             "--listen", f"127.0.0.1:{port}", *flags],
+            stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL, cwd=cwd,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"PID {child.pid} exited with {child.returncode} while starting")
+        try:
+            http_get(base + "/healthz", timeout=1)
+            return child, time.monotonic()
+        except OSError:
+            time.sleep(interval)
+    raise TimeoutError(f"{base}/healthz did not answer within {timeout:.0f}s")
+
+
 # --------------------------------------------------------------------------- wrk
 
 
