@@ -40,7 +40,7 @@ agent (``relay/agent/agent.py``, ``Agent.run``): a hello with their own MAC, ans
 and pings, WebSocket pings every 20 s; after every connection, delay = min(30, 0.5 * 2**failures)
 * uniform(0.5, 1.0), failures reset to 0 by a welcome; no welcome within 20 s of the hello closes
 the link and counts a failure (a "welcome timeout"); an upgrade refused with 503 waits its
-``Retry-After`` (read as the agent reads it) * uniform(1.0, 1.5) and is not a failure. First
+``Retry-After`` (read as the agent reads it) * uniform(0.9, 1.1) and is not a failure. First
 connect: all N released at once on the fresh relay. Restart: once all are connected (and
 ``--storm-hold`` s more), the relay is SIGKILLed and started again on the same port and data dir.
 Each is timed until every agent has had a welcome since it began and ``/metrics`` counts all N
@@ -350,7 +350,7 @@ async def agents_role(args: argparse.Namespace) -> None:
 
     async def reconnecting(http: aiohttp.ClientSession, index: int) -> None:
         """``Agent.run``'s loop: after each connection, ``backoff(failures)`` with failures reset
-        by a welcome; a 503 waits its Retry-After × uniform(1.0, 1.5) and is not a failure."""
+        by a welcome; a 503 waits its Retry-After × uniform(0.9, 1.1) and is not a failure."""
         failures = 0
         retry = False
         while not control["stop"]:
@@ -362,7 +362,7 @@ async def agents_role(args: argparse.Namespace) -> None:
                 delay = backoff(failures)
                 retry = not outcome
             else:
-                delay = outcome * random.uniform(1.0, 1.5)
+                delay = outcome * random.uniform(0.9, 1.1)
                 retry = True
             await asyncio.sleep(delay)
 

@@ -121,6 +121,10 @@ def build_metrics_app(metrics: Metrics) -> web.Application:
 
 #: Idle kept-alive connections close after this (aiohttp's run_app default).
 KEEPALIVE_TIMEOUT = 75.0
+#: Connections the kernel queues before we accept them (the kernel caps it at somaxconn, 4096
+#: here). aiohttp's 128 made a reconnect storm of thousands of agents lose SYNs: each one lost
+#: waits out TCP's retransmission (1, 3, 7 s …) while the relay sits idle.
+BACKLOG = 4096
 
 
 async def _listen(app: web.Application, setting: str, host: str, port: int,
@@ -130,7 +134,7 @@ async def _listen(app: web.Application, setting: str, host: str, port: int,
                            shutdown_timeout=5)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, backlog=BACKLOG).start()
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(f"setting {setting!r}: cannot listen on {host}:{port}: "

@@ -121,7 +121,7 @@ class Agent:
                     break
                 except ComeBackLater as busy:  # not a failure: the relay set the time
                     log.info("link to %s: %s", self.url, busy)
-                    delay = busy.delay * random.uniform(1.0, 1.5)
+                    delay = busy.delay * random.uniform(0.9, 1.1)  # an appointment: keep it
                 except (aiohttp.ClientError, OSError, TimeoutError, LinkRefused, ValueError) as exc:
                     log.warning("link to %s: %s", self.url, exc or exc.__class__.__name__)
                     failures += 1

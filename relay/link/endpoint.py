@@ -59,11 +59,7 @@ async def agent_endpoint(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     links = request.app[LINKS]
     peer = request.remote or "?"
-    record = await agent_key(request)
-    if record is None:
-        return web.json_response({"err_code": 401, "err_msg": "unknown or revoked agent key"},
-                                 status=401)
-    if not links.admission.enter():
+    if not links.admission.enter():  # before anything costs (a key check is a digest and a read)
         delay = links.admission.retry_after()
         log.debug("agent from %s asked to come back in %d s (%d being let in)", peer, delay,
                   links.admission.pending)
@@ -71,6 +67,10 @@ async def agent_endpoint(request: web.Request) -> web.StreamResponse:
                                  status=503, headers={"Retry-After": str(delay)})
     welcomed = False
     try:
+        record = await agent_key(request)
+        if record is None:
+            return web.json_response({"err_code": 401, "err_msg": "unknown or revoked agent key"},
+                                     status=401)
         ws = web.WebSocketResponse(heartbeat=services.settings.agent_heartbeat,
                                    max_msg_size=protocol.MAX_MESSAGE)
         await ws.prepare(request)
