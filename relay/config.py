@@ -31,7 +31,7 @@ class Settings:
     command_timeout: float = 10.0
     agent_heartbeat: float = 20.0
     agent_key_recheck: float = 30.0
-    agent_admit: int = 200
+    agent_admit: int = 500
     live_heartbeat: float = 12.0
     live_viewer_timeout: float = 30.0
     live_close_after: float = 10.0

@@ -158,4 +158,4 @@ def test_every_setting_is_described_in_serve_help():
     for field in dataclasses.fields(Settings):
         flag = "--data" if field.name == "data" else f"--{field.name.replace('_', '-')}"
         assert flag in text, flag
-    assert "default 200" in text and "RELAY_HEADER_TIMEOUT" in text
+    assert "default 500" in text and "RELAY_HEADER_TIMEOUT" in text

@@ -46,15 +46,21 @@ class Admission:
         self._welcomed: deque[float] = deque()  # when recent welcomes went out
         self._appointments: deque[float] = deque()  # when refused agents are due back
 
-    def rate(self) -> float:
-        """Welcomes a second to plan for: the measured rate, raised by ``PROBE``."""
+    def measured(self) -> float:
+        """Welcomes a second over the last ``WINDOW`` seconds."""
         horizon = time.monotonic() - WINDOW
         while self._welcomed and self._welcomed[0] < horizon:
             self._welcomed.popleft()
-        return max(MIN_RATE, len(self._welcomed) / WINDOW) * PROBE
+        return len(self._welcomed) / WINDOW
+
+    def rate(self) -> float:
+        """Welcomes a second to plan appointments for: the measured rate raised by ``PROBE``
+        (``MIN_RATE`` at least, as on a cold start)."""
+        return max(MIN_RATE, self.measured()) * PROBE
 
     def capacity(self) -> int:
-        return max(self.floor, int(self.rate() * self.target_wait))
+        """Agents let in at once: ``floor``, or what ``target_wait`` seconds of welcomes are."""
+        return max(self.floor, int(self.measured() * PROBE * self.target_wait))
 
     def enter(self) -> bool:
         """Let one more agent in, if there is room; ``leave`` must follow."""
