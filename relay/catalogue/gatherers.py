@@ -31,6 +31,26 @@ SETTINGS = (
 )
 
 
+async def _states(conn: Any, gather_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Each gatherer's settings, cameras and courses (``desired_state``), three reads in all."""
+    states: dict[int, dict[str, Any]] = {}
+    for ids in chunks(sorted(set(gather_ids))):
+        for row in await conn.execute(select(gatherers).where(gatherers.c.gather_id.in_(ids))):
+            states[row.gather_id] = {"gatherer": dict(row._mapping), "cameras": [], "courses": []}
+        for row in await conn.execute(select(cameras).where(cameras.c.gather_id.in_(ids))
+                                      .order_by(cameras.c.camera_id)):
+            states[row.gather_id]["cameras"].append(dict(row._mapping))
+        for row in await conn.execute(
+            select(courses, cameras.c.gather_id)
+            .join(cameras, cameras.c.camera_id == courses.c.camera_id)
+            .where(cameras.c.gather_id.in_(ids))
+            .order_by(courses.c.week_id, courses.c.start_sec)
+        ):
+            course = dict(row._mapping)
+            states[course.pop("gather_id")]["courses"].append(course)
+    return states
+
+
 class Gatherers:
     def __init__(self, db: Database, clock) -> None:  # type: ignore[no-untyped-def]
         self._db = db
@@ -59,33 +79,22 @@ class Gatherers:
             mac_addr, key_id, ip_addr, name_pc, os_name, tuple(devices or ()))])
         if isinstance(result, GathererRefused):
             raise result
-        return result
+        return result[0]
 
-    async def register_many(self, arrivals: list[Registration]) -> list[int | GathererRefused]:
-        """``register`` for many agents in one transaction; each one's gather_id or refusal."""
+    async def register_many(self, arrivals: list[Registration]
+                            ) -> list[tuple[int, dict[str, Any]] | GathererRefused]:
+        """``register`` for many agents in one transaction: each one's gather_id with the desired
+        state it is to be welcomed with (read in that transaction), or why it was refused."""
         async with self._db.write() as conn:
-            return await register_many(conn, int(self._clock()), arrivals)
+            results = await register_many(conn, int(self._clock()), arrivals)
+            states = await _states(conn, [r for r in results if isinstance(r, int)])
+        return [result if isinstance(result, GathererRefused) else (result, states[result])
+                for result in results]
 
     async def desired_states(self, gather_ids: list[int]) -> dict[int, dict[str, Any]]:
         """``desired_state`` of many gatherers, in three reads whatever their number."""
-        states: dict[int, dict[str, Any]] = {}
         async with self._db.read() as conn:
-            for ids in chunks(sorted(set(gather_ids))):
-                for row in await conn.execute(select(gatherers).where(gatherers.c.gather_id.in_(ids))):
-                    states[row.gather_id] = {"gatherer": dict(row._mapping), "cameras": [],
-                                             "courses": []}
-                for row in await conn.execute(select(cameras).where(cameras.c.gather_id.in_(ids))
-                                              .order_by(cameras.c.camera_id)):
-                    states[row.gather_id]["cameras"].append(dict(row._mapping))
-                for row in await conn.execute(
-                    select(courses, cameras.c.gather_id)
-                    .join(cameras, cameras.c.camera_id == courses.c.camera_id)
-                    .where(cameras.c.gather_id.in_(ids))
-                    .order_by(courses.c.week_id, courses.c.start_sec)
-                ):
-                    course = dict(row._mapping)
-                    states[course.pop("gather_id")]["courses"].append(course)
-        return states
+            return await _states(conn, gather_ids)
 
     async def desired_state(self, gather_id: int) -> dict[str, Any]:
         """Everything the agent of ``gather_id`` should hold: its settings, cameras and courses."""

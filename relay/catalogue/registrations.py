@@ -63,20 +63,25 @@ _REFRESH = (
 class _Batch:
     """What the batch knows so far: keys, how many gatherers each owns, gatherers by MAC."""
 
-    def __init__(self, keys: dict[int, Any], owned: dict[int, int], by_mac: dict[str, dict[str, Any]]
-                 ) -> None:
+    def __init__(self, keys: dict[int, Any], by_mac: dict[str, dict[str, Any]]) -> None:
         self.keys = keys
-        self.owned = owned
+        self.owned: dict[int, int] = {}
         self.by_mac = by_mac
         self.takeovers_done: set[int] = set()
         self.new: list[tuple[dict[str, Any], Registration]] = []  # inserted together at the end
 
-    def check_room(self, key: Any) -> None:
-        have = self.owned.get(key.key_id, 0)
+    async def claim(self, conn: AsyncConnection, key: Any) -> None:
+        """Count one more gatherer for ``key``, or refuse it when the key has all it may have.
+        (Counted on first need only: a batch of agents relinking never counts.)"""
+        have = self.owned.get(key.key_id)
+        if have is None:
+            have = (await conn.execute(select(func.count()).select_from(gatherers)
+                                       .where(gatherers.c.key_id == key.key_id))).scalar_one()
         if have >= key.max_gatherers:
             raise GathererRefused(
                 f"agent key {key.name!r} may register {key.max_gatherers} gatherer(s) and has "
                 f"{have}; `relay agent-key limit` raises it, `relay agent-key rebind` moves one")
+        self.owned[key.key_id] = have + 1
 
 
 async def register_many(conn: AsyncConnection, now: int, arrivals: list[Registration]
@@ -120,15 +125,12 @@ async def _known(conn: AsyncConnection, arrivals: list[Registration]) -> _Batch:
     key_ids = sorted({a.key_id for a in arrivals if a.key_id is not None})
     keys = {row.key_id: row for ids in chunks(key_ids) for row in
             await conn.execute(select(agent_keys).where(agent_keys.c.key_id.in_(ids)))}
-    owned = {key_id: count for ids in chunks(key_ids) for key_id, count in await conn.execute(
-        select(gatherers.c.key_id, func.count()).where(gatherers.c.key_id.in_(ids))
-        .group_by(gatherers.c.key_id))}
     macs = sorted({a.mac_addr for a in arrivals})
     by_mac = {row.mac_addr: {"gather_id": row.gather_id, "key_id": row.key_id}
               for part in chunks(macs) for row in await conn.execute(
                   select(gatherers.c.gather_id, gatherers.c.key_id, gatherers.c.mac_addr)
                   .where(gatherers.c.mac_addr.in_(part)))}
-    return _Batch(keys, owned, by_mac)
+    return _Batch(keys, by_mac)
 
 
 async def _decide(batch: _Batch, arrival: Registration, conn: AsyncConnection) -> dict[str, Any]:
@@ -147,8 +149,7 @@ async def _decide(batch: _Batch, arrival: Registration, conn: AsyncConnection) -
             batch.by_mac[arrival.mac_addr] = row
     if row is None:
         if key is not None:
-            batch.check_room(key)
-            batch.owned[key.key_id] = batch.owned.get(key.key_id, 0) + 1
+            await batch.claim(conn, key)
         row = batch.by_mac[arrival.mac_addr] = {"gather_id": None, "key_id": arrival.key_id}
         batch.new.append((row, arrival))
         return row
@@ -157,9 +158,8 @@ async def _decide(batch: _Batch, arrival: Registration, conn: AsyncConnection) -
             raise GathererRefused(
                 f"gatherer {row['gather_id'] or 'new'} ({arrival.mac_addr}) belongs to another "
                 "agent key")
-        batch.check_room(key)
+        await batch.claim(conn, key)
         row["key_id"] = key.key_id
-        batch.owned[key.key_id] = batch.owned.get(key.key_id, 0) + 1
         log.info("gatherer %d (%s) is now bound to agent key %r", row["gather_id"],
                  arrival.mac_addr, key.name)
     return row
