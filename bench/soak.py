@@ -221,6 +221,11 @@ async def churn_for(args: argparse.Namespace, base: str, token: str, camera_id: 
               f"load {loadavg()}", flush=True)
         return taken
 
+    def finished(task: asyncio.Task[None]) -> None:
+        tabs.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            print(f"  a tab failed: {task.exception()!r}", flush=True)
+
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -236,10 +241,8 @@ async def churn_for(args: argparse.Namespace, base: str, token: str, camera_id: 
                     task = asyncio.create_task(one_tab(browser, url, rng.uniform(low, high),
                                                        rng.random() < args.kill, churn))
                     tabs.add(task)
-                    task.add_done_callback(tabs.discard)
+                    task.add_done_callback(finished)
                 await asyncio.sleep(rng.uniform(0.5, 5))
-                for task in [t for t in tabs if t.done() and t.exception()]:
-                    print(f"  a tab failed: {task.exception()!r}", flush=True)
                 if time.monotonic() >= next_sample:
                     samples.append(await asyncio.to_thread(take))
                     next_sample += args.sample

@@ -10,9 +10,11 @@ any push nobody watches and restarts any push a viewer still needs (after an age
 restart, say).
 
 Log lines name viewers and pushes by sequence numbers ("viewer #12", "camera 3: push #4"), never
-by their ids: a session id lets its holder watch and a push id let an agent publish, so neither
-may reach a log. Every task the controller starts is one it keeps, and awaits when it closes; a
-task that fails is logged with its traceback when it ends, not when the garbage collector finds it.
+by their ids: a session id lets its holder watch and a push id lets an agent publish, so neither
+may reach a log. The line that starts a push also gives its ``protocol.push_label``, the digest
+the agent's and the media socket's lines name it by. Every task the controller starts is one it
+keeps, and awaits when it closes; a task that fails is logged with its traceback when it ends, not
+when the garbage collector finds it.
 """
 
 from __future__ import annotations
@@ -257,8 +259,8 @@ class LiveController:
             self._update_gauges()
 
     async def _start_push(self, camera: CameraLive, push_id: str, number: int) -> None:
-        log.info("camera %d: asking gatherer %d to push (push #%d)", camera.camera_id,
-                 camera.gather_id, number)
+        log.info("camera %d: asking gatherer %d to push (push #%d, %s)", camera.camera_id,
+                 camera.gather_id, number, protocol.push_label(push_id))
         transmit = await self._hub.send(camera.gather_id, protocol.LIVE_START,
                                         {"camera_id": camera.camera_id, "push_id": push_id})
         if transmit.get("err_code") and camera.push_id == push_id:

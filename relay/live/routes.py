@@ -38,6 +38,9 @@ from .webrtc import SdpError, answer_offer
 log = logging.getLogger(__name__)
 
 _HEADERS = {"Cache-Control": "no-store"}
+#: The access log's status for a page that went before its WebSocket upgrade was answered (as
+#: nginx logs a client that closed its request); nothing reaches the client.
+CLIENT_GONE = 499
 
 
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -174,11 +177,15 @@ async def mse_socket(request: web.Request) -> web.StreamResponse:
     """The fMP4 WebSocket. Its frames are H.264 already: no permessage-deflate (``compress=False``;
     per-message ``compress=False`` would not do, the negotiated extension would still compress),
     which also keeps every send synchronous up to the write buffer, so the one sender task stops
-    the moment it is cancelled, and is awaited before the handler returns."""
+    the moment it is cancelled, and is awaited before the handler returns. A page that goes while
+    the upgrade is being answered (a killed tab) is no error."""
     controller = request.app[LIVE]
     viewer = _viewer(request)
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096, compress=False)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:  # the page went during the upgrade: nobody to answer
+        return web.Response(status=CLIENT_GONE)
     if not controller.is_open(viewer):  # it ended during the upgrade
         await ws.close(code=4004, message=b"no such session")
         return ws
