@@ -31,7 +31,7 @@ from collections import deque
 TARGET_WAIT = 5.0
 #: How much faster than measured agents are asked back, and the rate assumed at least.
 PROBE = 1.5
-MIN_RATE = 200.0
+MIN_RATE = 500.0
 #: Seconds over which the welcome rate is measured.
 WINDOW = 3.0
 MAX_RETRY_AFTER = 30
