@@ -28,14 +28,18 @@ _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer"}
 
 
-def _target(request: web.Request, kind: Kind) -> int:
-    """The id in the path, once the request's ticket is checked for it."""
+async def _target(request: web.Request, kind: Kind) -> dict[str, Any]:
+    """The camera or record row the path names, once the request's ticket is checked for it
+    (``NotFound`` when there is none)."""
     services = request.app[SERVICES]
     target = parse_id(request.match_info["target"])
     if target is None:
         raise TicketError("no such " + ("camera" if kind == "live" else "recording"))
-    check_ticket(services.signer, services.clock, kind, request.query.get("ticket"), target)
-    return target
+    ticket = check_ticket(services.signer, services.clock, kind, request.query.get("ticket"), target)
+    catalogue = services.catalogue
+    row = await (catalogue.cameras.get(target) if kind == "live" else catalogue.records.get(target))
+    ticket.require(row)
+    return row
 
 
 def _refusal_page(reason: str, status: int) -> web.Response:
@@ -51,7 +55,7 @@ def _page(kind: Kind):  # type: ignore[no-untyped-def]
     async def serve(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]
         try:
-            target = _target(request, kind)
+            target = await _target(request, kind)
             await _count_click(services, kind, target)
         except TicketError as refusal:
             log.info("player page refused: %s", refusal)
@@ -64,21 +68,18 @@ def _page(kind: Kind):  # type: ignore[no-untyped-def]
     return serve
 
 
-async def _count_click(services: Services, kind: Kind, target: int) -> None:
+async def _count_click(services: Services, kind: Kind, target: dict[str, Any]) -> None:
     if kind == "live":
-        await services.catalogue.cameras.get(target)
-        await services.catalogue.cameras.count_click(target)
+        await services.catalogue.cameras.count_click(target["camera_id"])
     else:
-        await services.catalogue.records.get(target)
-        await services.catalogue.records.count_click(target)
+        await services.catalogue.records.count_click(target["record_id"])
 
 
 def _info(kind: Kind):  # type: ignore[no-untyped-def]
     async def serve(request: web.Request) -> web.Response:
         services = request.app[SERVICES]
         try:
-            target = _target(request, kind)
-            body = await _record_info(services, target)
+            body = _record_info(services, await _target(request, kind))
         except TicketError as refusal:
             return _json_error(403, str(refusal))
         except NotFound:
@@ -93,8 +94,7 @@ def _json_error(status: int, reason: str) -> web.Response:
                              headers=_HEADERS)
 
 
-async def _record_info(services: Services, record_id: int) -> dict[str, Any]:
-    record = await services.catalogue.records.get(record_id)
+def _record_info(services: Services, record: dict[str, Any]) -> dict[str, Any]:
     return {
         "camera_name": record["camera_name"],
         "duration": record["duration"],

@@ -152,17 +152,22 @@ async def test_bad_tickets_are_403_json(system: LiveSystem, http: aiohttp.Client
     camera_id, other = system.cameras
     good = system.ticket(camera_id)
     fields, _, mac = good.rpartition(".")
+    created = int(good.split(".")[2])  # kind.id.created.expiry.signature
+    camera = {"camera_id": camera_id, "created": created}
     signer = system.signer()
     tickets = {
         "missing": None,
         "empty": "",
         "garbage": "garbage",
-        "forged": f"live.{camera_id}.{int(time.time()) + 600}.{'A' * 43}",
+        "forged": f"live.{camera_id}.{created}.{int(time.time()) + 600}.{'A' * 43}",
         "tampered": f"{fields}.{mac[:-2]}{'AB' if mac[-2:] != 'AB' else 'CD'}",
-        "longer-lived than signed": f"live.{camera_id}.{int(time.time()) + 9999}.{mac}",
-        "expired": issue_ticket(signer, time.time() - 3600, "live", camera_id, 600),
+        "longer-lived than signed": f"live.{camera_id}.{created}.{int(time.time()) + 9999}.{mac}",
+        "expired": issue_ticket(signer, time.time() - 3600, "live", camera, 600),
+        "an older camera's, same id": issue_ticket(signer, time.time(), "live",
+                                                   {**camera, "created": created - 1}, 600),
         "other camera": system.ticket(other),
-        "a recording's": issue_ticket(signer, time.time(), "record", camera_id, 600),
+        "a recording's": issue_ticket(signer, time.time(), "record",
+                                      {"record_id": camera_id, "created": created}, 600),
         "huge": "x" * 5000,
     }
     for name, ticket in tickets.items():
@@ -174,6 +179,8 @@ async def test_bad_tickets_are_403_json(system: LiveSystem, http: aiohttp.Client
                 assert "expired" in reason
             if name == "other camera":
                 assert "not for this camera" in reason
+            if name == "an older camera's, same id":
+                assert "no longer exists" in reason
     assert system.idle()
     await asyncio.sleep(1.5)  # a reconcile pass later, still nothing runs
     assert system.idle()

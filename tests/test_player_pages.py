@@ -122,3 +122,21 @@ async def test_ice_deadline_is_the_setting(tmp_path, api):
     settings = load_settings({"data": tmp_path / "other", "ice_deadline": "3.5"}, environ={})
     app = build_app(dataclasses.replace(api.services, settings=settings, metrics=Metrics()))
     assert app[LIVE].timings.ice_deadline == 3.5
+
+
+async def test_a_ticket_never_opens_another_camera_under_the_same_id(api, cameras):
+    """Ids are never reused, but a catalogue restored from a backup (or upgraded from one that
+    reused them) can give an old id to a new camera: the old camera's ticket must not open it."""
+    camera_a, _ = cameras
+    url = urlsplit((await api.call("play_camera", camera_id=camera_a))["play_url"])
+    row = await api.services.catalogue.cameras.get(camera_a)
+    async with api.services.catalogue.db.write() as conn:  # the row comes back, made anew
+        await conn.exec_driver_sql("UPDATE cameras SET created = ? WHERE camera_id = ?",
+                                   (row["created"] + 1, camera_a))
+    for method, path in (("GET", url.path), ("POST", f"{url.path}/session")):
+        response = await api.client.request(method, f"{path}?{url.query}")
+        assert response.status == 403, path
+        assert "no longer exists" in await response.text()
+    assert (await api.services.catalogue.cameras.get(camera_a))["clicks"] == 0
+    fresh = urlsplit((await api.call("play_camera", camera_id=camera_a))["play_url"])
+    assert (await api.client.get(f"{fresh.path}?{fresh.query}")).status == 200

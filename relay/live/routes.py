@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ..catalogue import NotFound
 from ..ids import parse_id
 from ..services import SERVICES
 from ..tickets import TicketError, check_ticket, issue_ticket
@@ -78,9 +79,16 @@ def _camera_id(request: web.Request) -> int:
     return camera_id
 
 
-def _renewed_ticket(request: web.Request, camera_id: int) -> str:
+async def _camera(request: web.Request, camera_id: int) -> dict[str, Any]:
+    try:
+        return await request.app[SERVICES].catalogue.cameras.get(camera_id)
+    except NotFound:
+        raise Refused(404, "no such camera") from None
+
+
+def _renewed_ticket(request: web.Request, camera: dict[str, Any]) -> str:
     services = request.app[SERVICES]
-    return issue_ticket(services.signer, services.clock(), "live", camera_id,
+    return issue_ticket(services.signer, services.clock(), "live", camera,
                         services.settings.play_ticket_ttl)
 
 
@@ -96,7 +104,10 @@ async def open_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     camera_id = _camera_id(request)
     try:
-        check_ticket(services.signer, services.clock, "live", request.query.get("ticket"), camera_id)
+        ticket = check_ticket(services.signer, services.clock, "live", request.query.get("ticket"),
+                              camera_id)
+        camera = await _camera(request, camera_id)
+        ticket.require(camera)
     except TicketError as refusal:
         raise Refused(403, str(refusal)) from None
     try:
@@ -110,7 +121,7 @@ async def open_session(request: web.Request) -> web.Response:
         "session": viewer.viewer_id,
         "heartbeat": settings.live_heartbeat,
         "fallback_after": settings.webrtc_fallback_after,
-        "ticket": _renewed_ticket(request, camera_id),
+        "ticket": _renewed_ticket(request, camera),
     })
 
 
@@ -230,7 +241,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     if viewer is None or viewer.camera_id != camera_id:  # another camera's beat keeps nothing
         raise Refused(404, "no such session")
     controller.heartbeat(viewer.viewer_id)
-    return _json({"ticket": _renewed_ticket(request, camera_id),
+    return _json({"ticket": _renewed_ticket(request, await _camera(request, camera_id)),
                   **controller.state_of(camera_id)})
 
 
