@@ -34,12 +34,17 @@ from .storage import Storage
 
 log = logging.getLogger(__name__)
 
+#: The access log's status for a client that went before it was answered (a page or agent that
+#: closed during its WebSocket upgrade, say), as nginx logs it; nothing reaches the client.
+CLIENT_GONE = 499
+
 
 @web.middleware
 async def json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Unknown paths and methods answer JSON; a bug answers a JSON 500 and is logged, never shown."""
+    """Unknown paths and methods answer JSON; a bug answers a JSON 500 and is logged, never shown;
+    a client that has gone is no error (aiohttp would log a traceback for it)."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -51,8 +56,12 @@ async def json_errors(
                 answer.headers["Allow"] = exc.headers["Allow"]
             return answer
         raise
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        log.debug("%s %s: the client went before it was answered", request.method,
+                  redact(request.raw_path))
+        return web.Response(status=CLIENT_GONE)
     except Exception:
         log.exception("internal error on %s %s", request.method, redact(request.raw_path))
         return web.json_response({"err_code": 500, "err_msg": "internal error"}, status=500)

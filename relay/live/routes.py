@@ -39,9 +39,6 @@ from .webrtc import SdpError, answer_offer
 log = logging.getLogger(__name__)
 
 _HEADERS = {"Cache-Control": "no-store"}
-#: The access log's status for a page that went before its WebSocket upgrade was answered (as
-#: nginx logs a client that closed its request); nothing reaches the client.
-CLIENT_GONE = 499
 
 
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -193,10 +190,7 @@ async def mse_socket(request: web.Request) -> web.StreamResponse:
     controller = request.app[LIVE]
     viewer = _viewer(request)
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096, compress=False)
-    try:
-        await ws.prepare(request)
-    except ConnectionResetError:  # the page went during the upgrade: nobody to answer
-        return web.Response(status=CLIENT_GONE)
+    await ws.prepare(request)  # a page that goes meanwhile: json_errors answers 499, quietly
     if not controller.is_open(viewer):  # it ended during the upgrade
         await ws.close(code=4004, message=b"no such session")
         return ws
