@@ -56,67 +56,81 @@ async def _read_hello(ws: web.WebSocketResponse) -> dict[str, Any]:
 
 
 async def agent_endpoint(request: web.Request) -> web.StreamResponse:
-    services = request.app[SERVICES]
     links = request.app[LINKS]
-    peer = request.remote or "?"
     if not links.admission.enter():  # before anything costs (a key check is a digest and a read)
         delay = links.admission.retry_after()
-        log.debug("agent from %s asked to come back in %d s (%d being let in)", peer, delay,
-                  links.admission.pending)
+        log.debug("agent from %s asked to come back in %d s (%d being let in)", request.remote,
+                  delay, links.admission.pending)
         return web.json_response({"err_code": 503, "err_msg": "busy: come back later"},
                                  status=503, headers={"Retry-After": str(delay)})
-    welcomed = False
+    session = None
     try:
         record = await agent_key(request)
         if record is None:
             return web.json_response({"err_code": 401, "err_msg": "unknown or revoked agent key"},
                                      status=401)
-        ws = web.WebSocketResponse(heartbeat=services.settings.agent_heartbeat,
+        ws = web.WebSocketResponse(heartbeat=request.app[SERVICES].settings.agent_heartbeat,
                                    max_msg_size=protocol.MAX_MESSAGE)
         await ws.prepare(request)
-        try:
-            hello = await _read_hello(ws)
-        except Refused as refusal:
-            log.warning("closed agent link from %s (key %r): %s", peer, record.name, refusal)
-            await ws.close(code=4001, message=str(refusal).encode())
-            return ws
-        try:
-            gather_id, state = await links.registrar.register(record.key_id, hello)
-        except GathererRefused as refusal:
-            log.warning("refused agent %s (%s) from %s (key %r): %s", hello["name_pc"],
-                        hello["mac_addr"], peer, record.name, refusal)
-            await ws.close(code=protocol.REFUSED_GATHERER, message=str(refusal).encode()[:120])
-            return ws
-        if ws.closed:  # it gave up while its registration waited: nothing to attach
-            await links.presence.gatherer_offline(gather_id)
-            return ws
-        session = AgentSession(ws, gather_id, peer, record.key_id)
-        previous = services.hub.attach(gather_id, session)
-        if previous is not None:
-            log.warning("gatherer %d (%s): a newer connection from %s replaces the one from %s",
-                        gather_id, hello["mac_addr"], peer, getattr(previous, "peer", "?"))
-            await previous.close("replaced by a newer connection for the same gatherer")  # type: ignore[attr-defined]
-        log.info("agent %s (key %r, version %s) connected from %s as gatherer %d",
-                 hello["name_pc"], record.name, hello["version"], peer, gather_id)
-        welcomed = await session.welcome(state)
+        session = await _welcome(request, record, ws)
     finally:
-        links.admission.leave(welcomed)
-    # This frame lives as long as the link (days): keep neither the hello (with its devices), nor
-    # the link it replaced, nor the desired state referenced all that time.
-    del hello, previous, state
+        links.admission.leave(session is not None)
+    if session is not None:
+        await _serve(request, record, session)
+    return ws
+
+
+async def _welcome(request: web.Request, record: AgentKey, ws: web.WebSocketResponse
+                   ) -> AgentSession | None:
+    """Hello, registration, the gatherer's live link, the welcome: the session once welcomed;
+    None when the agent was refused or left on the way (the socket is closed, nothing left)."""
+    hub, links, peer = request.app[SERVICES].hub, request.app[LINKS], request.remote or "?"
     try:
-        if welcomed:
-            links.keys.watch(record.key_id, session,
-                             lambda: services.catalogue.agent_keys.owned(record.key_id),
-                             services.settings.agent_key_recheck)
-            await session.run(
-                lambda camera_id, status, err_msg: links.presence.camera_status(
-                    gather_id, camera_id, status, err_msg))
+        hello = await _read_hello(ws)
+    except Refused as refusal:
+        log.warning("closed agent link from %s (key %r): %s", peer, record.name, refusal)
+        await ws.close(code=4001, message=str(refusal).encode())
+        return None
+    try:
+        gather_id, state = await links.registrar.register(record.key_id, hello)
+    except GathererRefused as refusal:
+        log.warning("refused agent %s (%s) from %s (key %r): %s", hello["name_pc"],
+                    hello["mac_addr"], peer, record.name, refusal)
+        await ws.close(code=protocol.REFUSED_GATHERER, message=str(refusal).encode()[:120])
+        return None
+    if ws.closed:  # it gave up while its registration waited: nothing to attach
+        await links.presence.gatherer_offline(gather_id)
+        return None
+    session = AgentSession(ws, gather_id, peer, record.key_id)
+    previous = hub.attach(gather_id, session)
+    if previous is not None:
+        log.warning("gatherer %d (%s): a newer connection from %s replaces the one from %s",
+                    gather_id, hello["mac_addr"], peer, getattr(previous, "peer", "?"))
+        await previous.close("replaced by a newer connection for the same gatherer")  # type: ignore[attr-defined]
+    log.info("agent %s (key %r, version %s) connected from %s as gatherer %d", hello["name_pc"],
+             record.name, hello["version"], peer, gather_id)
+    if await session.welcome(state):
+        return session
+    if hub.detach(gather_id, session):  # it left before its welcome went out
+        await links.presence.gatherer_offline(gather_id)
+    return None
+
+
+async def _serve(request: web.Request, record: AgentKey, session: AgentSession) -> None:
+    """The welcomed link, until it ends; then, unless a newer link took its place, the gatherer
+    goes offline. (Nothing of the hello or the welcome is kept: this lasts as long as the link.)"""
+    services, links = request.app[SERVICES], request.app[LINKS]
+    gather_id = session.gather_id
+    links.keys.watch(record.key_id, session,
+                     lambda: services.catalogue.agent_keys.owned(record.key_id),
+                     services.settings.agent_key_recheck)
+    try:
+        await session.run(lambda camera_id, status, err_msg: links.presence.camera_status(
+            gather_id, camera_id, status, err_msg))
     finally:
         links.keys.forget(record.key_id, session)
         if services.hub.detach(gather_id, session):
             await asyncio.shield(links.presence.gatherer_offline(gather_id))
-    return ws
 
 
 class KeyWatch:
