@@ -46,6 +46,10 @@ class Settings:
     log_level: str = "info"
     metrics_listen: str = ""
     header_timeout: float = 10.0
+    record_keep_days: int = 0
+    storage_min_free: int | None = None
+    storage_quota: int = 0
+    retention_interval: float = 60.0
     player_dir: Path = field(default_factory=lambda: Path(__file__).resolve().parent.parent / "player")
 
     @property
@@ -115,7 +119,17 @@ HELP = {
     "header_timeout": "seconds a client has to send a whole request head, from connecting or from "
                       "a kept-alive request's first byte; then 408 and closed",
     "player_dir": "folder of the player pages",
+    "record_keep_days": "recordings older than this many days are deleted; 0 = kept forever",
+    "storage_min_free": "bytes kept free for stored files: below it the oldest recordings are "
+                        "deleted (default: the smaller of 5 percent of the disk (or of storage_quota) "
+                        "and 2 GiB; 0 = none)",
+    "storage_quota": "cap on the bytes under the files directory, counted as a full disk when "
+                     "reached; 0 = the whole disk",
+    "retention_interval": "seconds between retention passes (age and free space)",
 }
+
+#: Whole-number settings where 0 means something (forever, none); the others must be positive.
+_ZERO_ALLOWED = frozenset({"record_keep_days", "storage_min_free", "storage_quota"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
@@ -125,9 +139,9 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if kind == "Path":
             return Path(value).expanduser()
-        if kind == "int":
+        if kind == "int" or name in _ZERO_ALLOWED:
             number = int(value)
-            if number <= 0:
+            if number < 0 or (number == 0 and name not in _ZERO_ALLOWED):
                 raise ValueError
             return number
         if kind == "float":

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 
 class Metrics:
@@ -31,6 +38,17 @@ class Metrics:
             "From asking an agent to push to its first frame reaching the relay.",
             registry=self.registry,
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10),
+        )
+
+        # Retention (relay.vod.retention): what it deleted, and the free space it keeps.
+        self.recordings_deleted = Counter(
+            "relay_recordings_deleted", "Recordings deleted by retention, by reason (age, space).",
+            ["reason"], registry=self.registry,
+        )
+        self.storage_free = Gauge(
+            "relay_storage_free_bytes", "Bytes stored files may still take (the disk's free "
+            "space, or storage_quota less what the files take, whichever is smaller).",
+            registry=self.registry,
         )
 
     async def handle(self, request: web.Request) -> web.Response:
