@@ -36,6 +36,9 @@ def transmit(code: int, **extra: Any) -> dict[str, Any]:
 class AgentLink(Protocol):
     """A live connection to one agent (provided by the agent link module)."""
 
+    #: The agent's last recording report per camera (recording, spool_bytes, upload_error).
+    recordings: dict[int, dict[str, Any]]
+
     async def request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
         """Send one command and return the agent's answer (``err_code``, ``err_msg``, data)."""
         ...
@@ -68,6 +71,12 @@ class Hub:
 
     def online(self, gather_id: int) -> bool:
         return gather_id in self._links
+
+    def recording(self, gather_id: int, camera_id: int) -> dict[str, Any] | None:
+        """What the gatherer's agent last said of the camera's recording (None: offline, or it
+        has said nothing yet)."""
+        link = self._links.get(gather_id)
+        return link.recordings.get(camera_id) if link is not None else None
 
     async def send(self, gather_id: int, action: str, data: dict[str, Any]) -> dict[str, Any]:
         link = self._links.get(gather_id)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from relay.agent.agent import Agent, agent_url
-from relay.agent.config import AgentConfig, Device, load_agent_config
+from relay.agent.config import (
+    VENDORS,
+    AgentConfig,
+    AgentConfigError,
+    Device,
+    Vendor,
+    load_agent_config,
+)
 from relay.agent.sources import SourceError, describe, source_url
 from relay.link import protocol
 
@@ -56,14 +63,19 @@ def test_unreadable_state_is_ignored_not_fatal(tmp_path: Path):
 
 
 def test_source_urls(tmp_path: Path):
+    dahua = "rtsp://{user}:{password}@{ip}:{rtsp_port}/cam"
     config = AgentConfig(devices=(Device("门", "10.0.0.9", vendor="dahua", rtsp_port=8554),),
-                         vendors={"hikvision": "rtsp://{user}:{password}@{ip}:{rtsp_port}/Streaming/Channels/101",
-                                  "dahua": "rtsp://{user}:{password}@{ip}:{rtsp_port}/cam"})
+                         vendors={**VENDORS, "dahua": Vendor(main=dahua + "/0", sub=dahua + "/1")})
     ip_camera = {**CAMERA, "stream_prop": 0, "device_ip": "10.0.0.9", "device_user": "admin",
                  "device_pass": "cEA6c3MvIQ=="}  # "p@:ss/!"
-    assert source_url(ip_camera, config) == "rtsp://admin:p%40%3Ass%2F%21@10.0.0.9:8554/cam"
+    assert source_url(ip_camera, config) == "rtsp://admin:p%40%3Ass%2F%21@10.0.0.9:8554/cam/1"
+    assert source_url(ip_camera, config, "main") == "rtsp://admin:p%40%3Ass%2F%21@10.0.0.9:8554/cam/0"
     hik = {**ip_camera, "device_ip": "10.0.0.8"}
-    assert source_url(hik, config).endswith("@10.0.0.8:554/Streaming/Channels/101")
+    # Hikvision: the main stream (recorded) is channel 101, the sub stream (live) 102.
+    assert source_url(hik, config, "main").endswith("@10.0.0.8:554/Streaming/Channels/101")
+    assert source_url(hik, config).endswith("@10.0.0.8:554/Streaming/Channels/102")
+    # Modes 1 and 2 have one stream for both.
+    assert source_url(CAMERA, config, "main") == source_url(CAMERA, config)
     assert describe("rtsp://admin:secret@10.0.0.8:554/x") == "rtsp://10.0.0.8:554/x"
     for bad in ({**ip_camera, "device_pass": "%%%"}, {**CAMERA, "stream_mp4": ""},
                 {**CAMERA, "stream_prop": 2, "stream_url": "http://x"}):
@@ -80,6 +92,19 @@ def test_agent_config_file(tmp_path: Path):
                     '[[devices]]\ncamera_name = "Gate"\ndevice_ip = "10.1.1.1"\n')
     config = load_agent_config(path)
     assert config.mac_addr == "02:00:00:00:00:09" and config.devices[0].vendor == "hikvision"
+    path.write_text('spool_max_mb = 5\nminute_length = 0.5\n[vendors]\nacme = "rtsp://{ip}/a"\n'
+                    'dahua = { main = "rtsp://{ip}/m", sub = "rtsp://{ip}/s" }\n')
+    config = load_agent_config(path)
+    assert (config.spool_max_mb, config.minute_length) == (5, 0.5)
+    assert config.vendors["acme"] == Vendor("rtsp://{ip}/a", "rtsp://{ip}/a")
+    assert config.vendors["dahua"] == Vendor("rtsp://{ip}/m", "rtsp://{ip}/s")
+    for bad in ('spool_max_mb = 0\n', 'minute_length = "x"\n', '[vendors]\nx = { main = "a" }\n'):
+        path.write_text(bad)
+        try:
+            load_agent_config(path)
+        except AgentConfigError:
+            continue
+        raise AssertionError(bad)
     path.write_text('colour = "red"\n')
     try:
         load_agent_config(path)

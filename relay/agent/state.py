@@ -23,6 +23,8 @@ class DesiredState:
         self.gather: dict[str, Any] = {}
         self.cameras: dict[int, dict[str, Any]] = {}
         self.courses: dict[int, list[dict[str, Any]]] = {}
+        #: The zone the relay's course times are in: ``{"zone": name, "utc_offset": seconds}``.
+        self.clock: dict[str, Any] = {}
         self._load()
 
     def _load(self) -> None:
@@ -42,6 +44,7 @@ class DesiredState:
         self.cameras = {camera["camera_id"]: dict(camera) for camera in state.get("cameras", [])}
         self.courses = {entry["camera_id"]: list(entry["courses"])
                         for entry in state.get("courses", [])}
+        self.clock = {key: state[key] for key in ("zone", "utc_offset") if key in state}
         if save:
             self.save()
 
@@ -51,6 +54,7 @@ class DesiredState:
             "cameras": [self.cameras[camera_id] for camera_id in sorted(self.cameras)],
             "courses": [{"camera_id": camera_id, "courses": courses}
                         for camera_id, courses in sorted(self.courses.items())],
+            **self.clock,
         }
 
     def save(self) -> None:

@@ -197,6 +197,9 @@ OVERRIDES: dict[tuple[str, str], Param] = {
     ),
     ("add_camera", "gather_id"): Param(_ID, "The gatherer the camera belongs to (1010 if none)."),
     ("list_course", "camera_id"): Param(_ID, "The camera whose courses are listed."),
+    ("list_record", "camera_id"): Param(
+        _ID, "Only this camera's recordings (our extension; absent: every camera's). One that "
+             "names no camera, or is not an id, is 1010."),
     ("add_course", "camera_id"): Param(_ID, "The camera the course records."),
     ("mod_course", "camera_id"): Param(_ID, "The camera the course records; another camera moves it."),
 }
@@ -317,7 +320,12 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "get_camera_status": Operation(
         "3.9", "cameras", "获取通道运行状态", "A camera's status.",
-        {"camera_id": _ID_OUT, "status": _ref("CameraStatus")},
+        {"camera_id": _ID_OUT, "status": _ref("CameraStatus"),
+         "recording": {**_FLAG, "description": "Extension: 1 while the agent records it."},
+         "spool_bytes": {"type": "integer", "minimum": 0, "description":
+                         "Extension: bytes of its recordings waiting on the gatherer for upload."},
+         "upload_error": {"type": "string", "description":
+                          "Extension: why its last upload failed (\"\" when it went through)."}},
         required=("camera_id",), errors=_ID_ERRORS, example={"camera_id": "1"},
     ),
     "start_camera": Operation(
@@ -332,6 +340,10 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "list_record": Operation(
         "3.12", "records", "获取录像文件列表", "List recordings, one page.", _page_of("Record", True),
+        errors=_ID_ERRORS,
+        notes="`camera_id` (an extension of the specification) lists one camera's recordings; "
+              "`total_num` then counts that camera's only. Retention (`record_keep_days`, "
+              "`storage_min_free`, `storage_quota`) deletes the oldest recordings by itself.",
         example={"cur": "1", "per": "10"},
     ),
     "del_record": Operation(
@@ -623,11 +635,14 @@ def _components() -> dict[str, Any]:
         "file_fdfs": _described(_STR, "The video: `storage_addr + file_fdfs`."),
         "image_fdfs": _described(_STR, "Its snapshot: `storage_addr + image_fdfs`; \"\" none."),
         "file_size": _described(_COUNT, "Bytes (an integer; the specification's example quotes it)."),
-        "duration": _described(_COUNT, "Seconds."),
+        "duration": _described(_COUNT, "Seconds of video."),
         "disptime": {"type": "string", "pattern": "^(?:[0-9]{2,}:)?[0-5][0-9]:[0-5][0-9]$",
                      "description": "Duration shown: `MM:SS` under an hour, else `HH:MM:SS`."},
         "clicks": _described(_COUNT, "Player page opens."),
-        **stamps,
+        "created": _described(_TIME, "When the recording started (its first frame)."),
+        "updated": stamps["updated"],
+        "start_time": _described(_TIME, "When the recording started (as `created`; ours)."),
+        "end_time": _described(_TIME, "When its last frame was recorded (ours)."),
     }, "A recording.")
     course = _object({
         "course_id": _described(_ID_OUT, "The course's id (`course_id` of mod_course, "

@@ -227,7 +227,8 @@ async def _stop(app: web.Application) -> None:
 
 def add_routes(app: web.Application) -> None:
     services = app[SERVICES]
-    app[LINKS] = Links(Admission(services.settings.agent_admit), Registrar(services.catalogue),
+    app[LINKS] = Links(Admission(services.settings.agent_admit),
+                       Registrar(services.catalogue, services.settings.timezone),
                        Presence(services.catalogue, services.hub.online), KeyWatch())
     app.router.add_get("/agent", agent_endpoint)
     app.on_shutdown.append(close_all)

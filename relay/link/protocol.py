@@ -12,6 +12,10 @@ Every message is one JSON object in a WebSocket text frame.
   whole objects, so applying one twice changes nothing.
 * agent → relay: ``{"type": "status", "camera_id", "status": 0|1, "err_msg"}`` whenever a camera's
   source opens or fails, and for every camera after each welcome.
+* agent → relay: ``{"type": "recording", "camera_id", "recording": 0|1, "spool_bytes",
+  "upload_error"}`` when a camera's recording starts or stops, and when its spool or last upload
+  error changes (at most every few seconds); ``get_camera_status`` shows the last one.
+* The welcome's state also names the zone course times are in (``zone``, ``utc_offset``).
 
 Live video travels apart from commands, on its own WebSocket per push:
 
@@ -45,6 +49,8 @@ HEARTBEAT = 20.0
 #: Messages per second an agent may send on average, and in a burst, before it is cut off.
 RATE, BURST = 200.0, 1000.0
 MAX_DEVICES = 256
+#: Cameras a link may report recordings of (a gatherer has far fewer).
+MAX_CAMERAS = 10_000
 
 # Actions the relay sends.
 GATHER_MOD = "gather.mod"
@@ -121,8 +127,9 @@ def answer(err_code: int = OK, err_msg: str = "OK", **data: Any) -> dict[str, An
     return {"err_code": err_code, "err_msg": err_msg, **data}
 
 
-def desired_state(raw: dict[str, Any]) -> dict[str, Any]:
-    """The catalogue's desired state of one gatherer, as the welcome carries it."""
+def desired_state(raw: dict[str, Any], zone: str = "", utc_offset: int = 0) -> dict[str, Any]:
+    """The catalogue's desired state of one gatherer, as the welcome carries it, with the zone the
+    relay's wall-clock times (course windows) are in: an IANA name, or "" and the UTC offset."""
     by_camera: dict[int, list[dict[str, Any]]] = {row["camera_id"]: [] for row in raw["cameras"]}
     for row in raw["courses"]:
         by_camera.setdefault(row["camera_id"], []).append(row)
@@ -130,4 +137,6 @@ def desired_state(raw: dict[str, Any]) -> dict[str, Any]:
         "gather": gather_settings(raw["gatherer"]),
         "cameras": [camera_state(row) for row in raw["cameras"]],
         "courses": [course_list(camera_id, rows) for camera_id, rows in by_camera.items()],
+        "zone": zone,
+        "utc_offset": utc_offset,
     }

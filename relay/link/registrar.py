@@ -7,7 +7,9 @@ batch rather than a handful per agent, and no trip to the database's thread.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ..catalogue import Catalogue, GathererRefused
 from ..catalogue.registrations import Registration
@@ -17,9 +19,17 @@ from .batches import Batcher
 Welcome = tuple[int, dict[str, Any]]  # gather_id, the desired state the welcome carries
 
 
+def utc_offset(zone: str) -> int:
+    """Seconds east of UTC, now, in ``zone`` ("" = this machine's zone)."""
+    now = dt.datetime.now(ZoneInfo(zone)) if zone else dt.datetime.now().astimezone()
+    offset = now.utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
+
+
 class Registrar:
-    def __init__(self, catalogue: Catalogue) -> None:
+    def __init__(self, catalogue: Catalogue, zone: str = "") -> None:
         self._catalogue = catalogue
+        self._zone = zone
         self._batcher: Batcher[Registration, Welcome | GathererRefused] = Batcher(
             "registrations", self._register)
 
@@ -33,8 +43,9 @@ class Registrar:
         return result
 
     async def _register(self, arrivals: list[Registration]) -> list[Welcome | GathererRefused]:
+        offset = utc_offset(self._zone)
         return [result if isinstance(result, GathererRefused)
-                else (result[0], protocol.desired_state(result[1]))
+                else (result[0], protocol.desired_state(result[1], self._zone, offset))
                 for result in await self._catalogue.gatherers.register_many(arrivals)]
 
     async def close(self) -> None:

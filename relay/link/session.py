@@ -52,6 +52,8 @@ class AgentSession:
         self._welcomed = asyncio.Event()
         self._closed_reason = ""
         self._reported: dict[int, tuple[int, str]] = {}
+        #: The agent's last recording report per camera (see ``messages.recording``).
+        self.recordings: dict[int, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"<agent link gatherer={self.gather_id} peer={self.peer}>"
@@ -145,6 +147,10 @@ class AgentSession:
                     self._reported.clear()
                 self._reported[camera_id] = (status, err_msg)
                 await on_status(camera_id, status, err_msg)
+        elif kind == "recording":
+            camera_id, report = messages.recording(message)
+            if camera_id in self.recordings or len(self.recordings) < protocol.MAX_CAMERAS:
+                self.recordings[camera_id] = report
         else:
             raise Refused(f"unknown message type {str(kind)[:32]!r}")
 
