@@ -194,7 +194,7 @@ class Spool:
                 _unlink(path)
             if not part.exists():
                 log.warning("spool: %s vanished before it was finished", part.name)
-            elif _is_disk_error(exc):
+            elif _is_disk_error(exc) or isinstance(exc, FileNotFoundError):
                 log.warning("spool: cannot finish %s now (kept for the next start): %s", part.name,
                             getattr(exc, "strerror", None) or exc)
             else:
