@@ -1,9 +1,10 @@
 """Runs a Recorder over an MP4 file the way a camera source does, for tests that need a process.
 
-    python tests/recorder_run.py SOURCE SPOOL [--speed X] [--slice S] [--fsize BYTES]
+    python tests/recorder_run.py SOURCE SPOOL [--speed X] [--passes N] [--slice S] [--fsize BYTES]
 
-Packets are paced at ``--speed`` × real time (0 = as fast as possible). After every video keyframe
-it prints ``{"keyframe": <media seconds>}`` once the packet is written, and at the end
+Packets are paced at ``--speed`` × real time (0 = as fast as possible); the file is read ``--passes``
+times, seeking back as a looping file source does. After every video keyframe it prints
+``{"keyframe": <media seconds since the start>}`` once the packet is written, and at the end
 ``{"slices": N, "errors": [...]}`` after the spool finished every slice. ``--fsize`` caps the size
 of every file this process writes (RLIMIT_FSIZE, with SIGXFSZ ignored): writes past it fail with
 EFBIG, a real write error."""
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("spool", type=Path)
     parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument("--passes", type=int, default=1)
     parser.add_argument("--slice", type=float, default=0.0)
     parser.add_argument("--fsize", type=int, default=0)
     args = parser.parse_args()
@@ -43,17 +45,21 @@ def main() -> None:
         streams = [container.streams.video[0], *container.streams.audio[:1]]
         recorder.open(streams)
         started = time.monotonic()
-        for packet in container.demux(streams):
-            if packet.dts is None:
-                continue
-            at = float(packet.dts * packet.time_base)
-            if args.speed > 0 and (ahead := at / args.speed - (time.monotonic() - started)) > 0:
-                time.sleep(ahead)
-            recorder.packet(packet)
-            if recorder.last_error and recorder.last_error not in errors:
-                errors.append(recorder.last_error)
-            if packet.stream.type == "video" and packet.is_keyframe:
-                print(json.dumps({"keyframe": at}), flush=True)
+        length = float(container.duration or 0) / av.time_base
+        for number in range(args.passes):
+            if number:
+                container.seek(0)
+            for packet in container.demux(streams):
+                if packet.dts is None:
+                    continue
+                at = number * length + float(packet.dts * packet.time_base)
+                if args.speed > 0 and (ahead := at / args.speed - (time.monotonic() - started)) > 0:
+                    time.sleep(ahead)
+                recorder.packet(packet)
+                if recorder.last_error and recorder.last_error not in errors:
+                    errors.append(recorder.last_error)
+                if packet.stream.type == "video" and packet.is_keyframe:
+                    print(json.dumps({"keyframe": at}), flush=True)
     recorder.close("the file ended")
     recorder.join()
     print(json.dumps({"slices": recorder.slices, "errors": errors}), flush=True)

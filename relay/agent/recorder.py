@@ -46,8 +46,9 @@ LOG_EVERY = 60.0
 @dataclass(frozen=True)
 class SlicePolicy:
     """``slice_seconds``: media seconds per slice, 0 = never cut; ``overlap_gops`` (0..3): GOPs of the
-    previous slice each new slice starts with. A slice's length is measured from its own first
-    keyframe, so with overlap a file is ``slice_seconds`` plus the overlap long."""
+    previous slice each new slice starts with. A slice's length is measured from its first keyframe,
+    the overlap's when it has one, so every file is about ``slice_seconds`` long (each has at least
+    one GOP of its own)."""
 
     slice_seconds: float = 0.0
     overlap_gops: int = 0
@@ -90,11 +91,11 @@ class _Slice:
     out: Any
     streams: dict[str, Any]
     origin: dict[str, int]  # timeline ticks that are 0 in this file, per track
-    key_at: float  # timeline seconds of the keyframe the slice was cut at (its own first)
+    key_at: float  # timeline seconds of the slice's first keyframe (the overlap's, if any)
     start_wall: float
     end_wall: float = 0.0
     packets: int = 0
-    failed: bool = False  # a write failed
+    errors: int = 0  # the recorder's error count when the slice started
     last: dict[str, int] = field(default_factory=dict)  # the last dts written, per track
 
 
@@ -326,7 +327,8 @@ class Recorder:
             return
         origin = {kind: round(origin_s / track.tb) for kind, track in self._tracks.items()}
         origin["v"] = first.dts
-        self._slice = _Slice(part, out, streams, origin, float(rec.dts * video.tb), first.arrived)
+        self._slice = _Slice(part, out, streams, origin, float(origin_s), first.arrived,
+                             errors=self._errors)
         for gop in overlap:
             for old in gop:
                 if not self._write(old):
@@ -352,7 +354,6 @@ class Recorder:
             piece.out.mux(packet)
         except (av.FFmpegError, OSError) as exc:
             self._failed("cannot write the recording", exc)
-            piece.failed = True
             self._end_slice()
             return False
         piece.last[rec.kind] = dts
@@ -361,30 +362,39 @@ class Recorder:
         return True
 
     def _end_slice(self) -> None:
-        """Close the open slice and hand it to the spool (in the worker); after a write error the
-        next keyframe starts a new slice without overlap."""
+        """Hand the open slice to the worker, which closes it (writing its last fragment) and has
+        the spool finish it: the source's thread never waits for either."""
         piece, self._slice = self._slice, None
         if piece is None:
             return
+        if piece.packets:
+            self._slices += 1
+        self._worker.submit(lambda: self._finish(piece))
+
+    def _finish(self, piece: _Slice) -> None:
+        """In the worker."""
         error = _close(piece.out)
-        if error is not None:
-            self._failed("cannot finish a slice", error)
-        elif not piece.failed and self._last_error:
-            log.info("camera %d: a slice was recorded without errors again", self.camera_id)
-            self._last_error = ""
+        with self._lock:
+            if error is not None:
+                self._note("cannot finish a slice", error)
+            elif self._errors == piece.errors and self._last_error:
+                log.info("camera %d: a slice was recorded without errors again", self.camera_id)
+                self._last_error = ""
         if not piece.packets:
             _unlink(piece.part)
             return
-        self._slices += 1
-        spool, camera_id = self.spool, self.camera_id
-        start, end = piece.start_wall, max(piece.end_wall, piece.start_wall)
-        self._worker.submit(lambda: spool.finish(piece.part, camera_id, start, end))
+        self.spool.finish(piece.part, self.camera_id, piece.start_wall,
+                          max(piece.end_wall, piece.start_wall))
 
     def _failed(self, what: str, exc: BaseException) -> None:
+        """A write failed: no overlap into the next slice, which starts at a keyframe."""
+        self._note(what, exc)
+        self._drop_overlap()
+
+    def _note(self, what: str, exc: BaseException) -> None:
         message = f"{what}: {getattr(exc, 'strerror', None) or exc}"
         self._last_error = message
         self._errors += 1
-        self._drop_overlap()
         now = time.monotonic()
         if message != self._logged[0] or now - self._logged[1] >= LOG_EVERY:
             log.warning("camera %d: %s", self.camera_id, message)
