@@ -112,6 +112,7 @@ class Recorder:
         self._errors = 0
         self._last_error = ""
         self._logged: tuple[str, float] = ("", 0.0)
+        self._said_audio = False  # that the source's audio is not recorded
         self._slice: _Slice | None = None
         self._signature: tuple[Any, ...] | None = None
         self._tracks: dict[str, _Track] = {}
@@ -223,7 +224,10 @@ class Recorder:
         codec = getattr(stream, "codec_context", None)
         if stream.type == "audio" and codec is not None and codec.name == "aac" and codec.extradata:
             return True
-        log.info("camera %d: its audio is not recorded (AAC with its configuration only)", self.camera_id)
+        if not self._said_audio:
+            log.info("camera %d: its audio is not recorded (AAC with its configuration only)",
+                     self.camera_id)
+            self._said_audio = True
         return False
 
     def _kind(self, packet: av.Packet) -> str | None:
