@@ -21,8 +21,9 @@ from aiohttp import web
 from relay.agent.agent import Agent
 from relay.agent.config import AgentConfig
 from relay.agent.demo_video import make_demo_video
-from relay.agent.push import FrameQueue, MediaFrame
+from relay.agent.push import FrameQueue
 from relay.link import protocol
+from relay.media.frames import MediaFrame
 
 KEY = "rk_push_test"
 CAMERA = {

@@ -41,10 +41,11 @@ from live_system import (
 from relay.agent.agent import Agent
 from relay.agent.config import AgentConfig
 from relay.agent.demo_video import make_demo_video
-from relay.agent.push import Clock90, Passthrough
 from relay.link import protocol
 from relay.live.feed import LiveFeed
 from relay.live.mse import MseFeed
+from relay.media.pipelines import Passthrough
+from relay.media.timeline import Clock90
 from relay.tickets import issue_ticket
 
 

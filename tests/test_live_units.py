@@ -10,9 +10,9 @@ from live_system import tracebacks
 
 from relay.agent.demo_video import make_demo_video
 from relay.live.feed import LiveFeed, Subscription
-from relay.live.h264 import codec_string, nal_type, nal_units, parameter_sets
 from relay.live.mse import MseFeed
 from relay.live.webrtc import add_public_address, strip_mdns
+from relay.media.h264 import codec_string, nal_type, nal_units, parameter_sets
 
 OFFER = (
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"

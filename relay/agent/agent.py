@@ -24,8 +24,9 @@ import aiohttp
 
 from .. import __version__
 from ..link import protocol
+from ..media.pipelines import DEFAULT_KBPS
 from .config import AgentConfig
-from .push import DEFAULT_KBPS, Push
+from .push import Push
 from .sources import CameraSource, SourceError, source_url
 from .state import DesiredState
 

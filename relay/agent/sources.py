@@ -18,7 +18,6 @@ import logging
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,18 +26,11 @@ from urllib.parse import quote
 import av
 
 from ..link.protocol import is_file_path
+from ..media.frames import MediaFrame
+from ..media.gop import GopCache
+from ..media.pipelines import DEFAULT_KBPS, Passthrough, Transcoder, is_passthrough, source_rate
+from ..media.timeline import Clock90
 from .config import AgentConfig
-from .push import (
-    DEFAULT_KBPS,
-    MAX_BYTES,
-    MAX_FRAMES,
-    Clock90,
-    MediaFrame,
-    Passthrough,
-    Transcoder,
-    is_passthrough,
-    source_rate,
-)
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +114,7 @@ class CameraSource:
         # Guarded by _lock: the taps, and the current GOP handed to a new tap.
         self._lock = threading.Lock()
         self._taps: list[Tap] = []
-        self._gop: deque[MediaFrame] = deque()
-        self._gop_bytes = 0
-        self._gop_ok = False  # _gop starts at a keyframe
-        self._synced = False  # a keyframe has passed since the source opened
+        self._gop: GopCache[MediaFrame] = GopCache()  # synced: a keyframe passed since the open
 
     def start(self) -> None:
         self._thread.start()
@@ -146,7 +135,7 @@ class CameraSource:
         """Hand ``tap`` every frame from now on; returns the current GOP, which precedes them."""
         with self._lock:
             self._taps.append(tap)
-            gop = list(self._gop) if self._gop_ok and self._synced else []
+            gop = self._gop.frames()
         if not gop:
             self.request_keyframe()
         return gop
@@ -196,8 +185,7 @@ class CameraSource:
                 Passthrough(stream, self._clock) if is_passthrough(codec)
                 else Transcoder(stream, self._clock, self._kbps))
             with self._lock:
-                self._synced = False
-                self._clear_gop()
+                self._gop.reset()
             self._clock.new_pass(source_rate(stream))
             self._pipeline = pipeline
             self.state, self.error = "open", ""
@@ -240,7 +228,7 @@ class CameraSource:
                 continue
             if not watched and not pipeline.keeps_gop and self._gop:
                 with self._lock:
-                    self._clear_gop()
+                    self._gop.forget()
             self._emit(frames)
 
     def _emit(self, frames: list[MediaFrame]) -> None:
@@ -249,20 +237,6 @@ class CameraSource:
             return
         with self._lock:
             for frame in frames:
-                if frame.keyframe:
-                    self._clear_gop()
-                    self._gop_ok = self._synced = True
-                if self._gop_ok:
-                    if len(self._gop) >= MAX_FRAMES or self._gop_bytes + len(frame.data) > MAX_BYTES:
-                        self._clear_gop()  # too long a GOP to keep: none until the next keyframe
-                    else:
-                        self._gop.append(frame)
-                        self._gop_bytes += len(frame.data)
-                if self._synced:
+                if self._gop.add(frame, frame.keyframe, len(frame.data)):
                     for tap in self._taps:
                         tap(frame)
-
-    def _clear_gop(self) -> None:
-        self._gop.clear()
-        self._gop_bytes = 0
-        self._gop_ok = False

@@ -9,61 +9,42 @@ full it skips everything up to the next keyframe, never a single frame mid-GOP.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
-from fractions import Fraction
 from typing import Generic, TypeVar
 
 import av
 
-from ..link.protocol import MEDIA_CLOCK
+from ..media.frames import make_packet
+from ..media.gop import GopCache
+from ..media.gop_queue import WholeGopQueue
 from . import census
 
-TIME_BASE = Fraction(1, MEDIA_CLOCK)
 MAX_GOP_FRAMES = 600
 MAX_GOP_BYTES = 16 * 1024 * 1024
-
-
-def make_packet(payload: bytes, pts: int, keyframe: bool) -> av.Packet:
-    packet = av.Packet(payload)
-    packet.pts = packet.dts = pts
-    packet.time_base = TIME_BASE
-    packet.is_keyframe = keyframe
-    return packet
-
 
 T = TypeVar("T")
 
 
 class Subscription(Generic[T]):
-    """One viewer's queue of shared items (packets, or MP4 fragments), dropping whole GOPs."""
+    """One viewer's queue of shared items (packets, or MP4 fragments), awaited: a
+    :class:`WholeGopQueue` that catches up, so a viewer that fell behind comes back live."""
 
     def __init__(self, limit: int) -> None:
-        self._queue: deque[T] = deque()
-        self._limit = limit
+        self._queue: WholeGopQueue[T] = WholeGopQueue(limit, catch_up=True)
         self._waiter: asyncio.Future[None] | None = None
-        self._skipping = False
         self.closed = False
-        self.dropped = 0
         census.track("subscription", self)
 
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped
+
     def offer(self, item: T, keyframe: bool) -> None:
-        if self.closed:
-            return
-        if self._skipping:
-            if not keyframe:
-                self.dropped += 1
-                return
-            self._skipping = False
-        if len(self._queue) >= self._limit:
-            # Too far behind: throw away what is queued and wait for the next keyframe.
-            self.dropped += len(self._queue) + 1
-            self._queue.clear()
-            if not keyframe:
-                self._skipping = True
-                return
-        self._queue.append(item)
-        self._wake()
+        if not self.closed and self._queue.offer(item, keyframe):
+            self._wake()
+
+    def skip_to_keyframe(self) -> None:
+        self._queue.skip_to_keyframe()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -80,13 +61,12 @@ class Subscription(Generic[T]):
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        return self._queue.popleft()
+        return self._queue.pop()
 
 
 class LiveFeed:
     def __init__(self, request_keyframe: Callable[[], None]) -> None:
-        self._gop: list[av.Packet] = []
-        self._gop_bytes = 0
+        self._gop: GopCache[av.Packet] = GopCache(MAX_GOP_FRAMES, MAX_GOP_BYTES)
         self._subscribers: set[Subscription[av.Packet]] = set()
         self._request_keyframe = request_keyframe
         self.first_packet = asyncio.Event()
@@ -94,14 +74,10 @@ class LiveFeed:
 
     def publish(self, payload: bytes, pts: int, keyframe: bool) -> av.Packet | None:
         """Take one frame from the agent; returns its packet (None when it cannot start a GOP)."""
-        if keyframe:
-            self._gop, self._gop_bytes = [], 0
-        elif not self._gop:
+        if not keyframe and not self._gop.synced:
             return None  # nothing decodable before the first keyframe
         packet = make_packet(payload, pts, keyframe)
-        if len(self._gop) < MAX_GOP_FRAMES and self._gop_bytes + len(payload) <= MAX_GOP_BYTES:
-            self._gop.append(packet)
-            self._gop_bytes += len(payload)
+        self._gop.add(packet, keyframe, len(payload))
         self.frames += 1
         self.first_packet.set()
         for subscription in self._subscribers:
@@ -111,7 +87,7 @@ class LiveFeed:
     def subscribe(self, limit: int = 300) -> Subscription[av.Packet]:
         """A new viewer's queue, primed with the current GOP so it can decode at once."""
         subscription: Subscription[av.Packet] = Subscription(limit)
-        for packet in self._gop:
+        for packet in self._gop.frames():
             subscription.offer(packet, packet.is_keyframe)
         self._subscribers.add(subscription)
         self._request_keyframe()
@@ -126,7 +102,7 @@ class LiveFeed:
 
     def reset(self) -> None:
         """The push ended: forget its GOP (a new push starts from a new keyframe)."""
-        self._gop, self._gop_bytes = [], 0
+        self._gop.reset()
         self.first_packet.clear()
 
     def close(self) -> None:
