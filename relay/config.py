@@ -46,6 +46,7 @@ class Settings:
     log_level: str = "info"
     metrics_listen: str = ""
     header_timeout: float = 10.0
+    upload_max_mb: int = 4096
     record_keep_days: int = 0
     storage_min_free: int | None = None
     storage_quota: int = 0
@@ -119,6 +120,7 @@ HELP = {
     "header_timeout": "seconds a client has to send a whole request head, from connecting or from "
                       "a kept-alive request's first byte; then 408 and closed",
     "player_dir": "folder of the player pages",
+    "upload_max_mb": "largest recording an agent may upload, MiB",
     "record_keep_days": "recordings older than this many days are deleted; 0 = kept forever",
     "storage_min_free": "bytes kept free for stored files: below it the oldest recordings are "
                         "deleted (default: the smaller of 5 percent of the disk (or of storage_quota) "

@@ -14,6 +14,7 @@ What is cut out (``***``), in URL query and ``/name/value`` path form, raw or pe
   ``relay_session``, ``access_token``);
 * the userinfo of any URL (``rtsp://user:pass@host`` → ``rtsp://***@host``), also percent-encoded
   inside another URL (``stream_url=rtsp%3A%2F%2Fadmin%3Apw%40…``);
+* upload ids in ``/agent/uploads/<id>``;
 * ``Authorization`` header values and ``Bearer`` credentials; agent keys (``rk_…``) anywhere;
   ICE passwords (``a=ice-pwd:``) of the SDPs aiortc logs.
 
@@ -43,8 +44,9 @@ SECRET_NAMES = ("token", "ticket", "session", "sessionid", "push_id", "unionid",
                 "password", "passwd", "pass", "pwd", "secret", "key", "csrf", "auth", "cookie",
                 "authorization")
 #: Names of the API's path form (``/token/T``): exact, since ``access_token`` is an endpoint.
+#: ``uploads``: ``/agent/uploads/<upload id>`` (an upload id lets its holder write that upload).
 PATH_NAMES = ("token", "ticket", "session", "push_id", "unionid", "credential", "password",
-              "device_pass", "secret", "key", "csrf")
+              "device_pass", "secret", "key", "csrf", "uploads")
 _SECRET_SET = frozenset(SECRET_NAMES)
 _PATH_SEGMENTS = tuple(f"/{name}/" for name in PATH_NAMES)
 

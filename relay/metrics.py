@@ -51,6 +51,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.recordings_uploaded = Counter(
+            "relay_recordings_uploaded", "Recordings uploaded by agents and committed.",
+            registry=self.registry,
+        )
+        self.upload_bytes = Counter(
+            "relay_upload_bytes", "Bytes of uploads from agents written to disk.",
+            registry=self.registry,
+        )
+        self.upload_failures = Counter(
+            "relay_upload_failures", "Upload requests from agents refused, by reason.",
+            ["reason"], registry=self.registry,
+        )
+
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(self.registry),

@@ -31,6 +31,7 @@ from .present import Presenter
 from .services import SERVICES, Services
 from .signing import Signer
 from .storage import Storage
+from .vod import setup_vod
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def build_app(services: Services) -> web.Application:
     ops.add_routes(app)
     link_endpoint.add_routes(app)
     setup_live(app)
+    setup_vod(app)
     if services.settings.metrics_address is None:
         app.router.add_get("/metrics", services.metrics.handle)
 

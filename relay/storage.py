@@ -21,6 +21,7 @@ import errno
 import logging
 import mimetypes
 import re
+import secrets
 import stat
 from pathlib import Path
 
@@ -82,6 +83,13 @@ class Storage:
 
     def fdfs_of(self, path: Path) -> str:
         return PREFIX + path.resolve().relative_to(self._resolved_root).as_posix()
+
+    @staticmethod
+    def new_name(kind: str, camera_id: int, suffix: str, day: str = "") -> str:
+        """A fresh, unguessable stored name: ``/files/<kind>/<camera_id>/[<day>/]<128 random
+        bits>.<suffix>``; what an agent uploads is stored under it, whatever the agent called it."""
+        folder = f"{kind}/{int(camera_id)}/" + (f"{day}/" if day else "")
+        return f"{PREFIX}{folder}{secrets.token_hex(16)}.{suffix}"
 
     def remove(self, fdfs_paths: list[str]) -> int:
         """Unlink stored files (after their rows are gone); returns how many were removed."""

@@ -59,8 +59,8 @@ async def test_a_version_1_catalogue_is_upgraded_with_nothing_lost(tmp_path: Pat
             if table == "cameras":
                 old = [row for row in old if row[0] != 3]  # camera 3 moved gatherer
                 new = [row for row in new if row[0] != 3]
-            if table == "records":  # its gatherer is the merged one
-                old = [(row[0], 1, *row[2:]) for row in old]
+            if table == "records":  # its gatherer is the merged one; schema 3's two times
+                old = [(row[0], 1, *row[2:], row[-2], row[-2] + row[6]) for row in old]
             if table == "meta":
                 old = [row for row in old if row[0] != "schema_version"]
                 new = [row for row in new if row[0] != "schema_version"]
@@ -117,3 +117,99 @@ async def test_ids_are_never_reused(tmp_path: Path):
             account.account_id)
     finally:
         await catalogue.close()
+
+
+# Schema 2 → 3. ``data/catalogue-v2.sql`` (SQLite) and ``data/catalogue-v2.pg.sql`` (pg_dump
+# --inserts) are catalogues made by the relay at schema version 2 (commit f632911): an account with
+# a session, an agent key with two gatherers, three cameras of which camera 2 was deleted, two
+# courses, two snapshots of camera 1 and two records (one clicked).
+
+V2_DUMP = Path(__file__).parent / "data" / "catalogue-v2.sql"
+V2_PG_DUMP = Path(__file__).parent / "data" / "catalogue-v2.pg.sql"
+V2_TABLES = ("accounts", "agent_keys", "gatherers", "cameras", "courses", "records", "snapshots",
+             "meta", "sessions")
+
+
+def as_v3(table: str, old: list[tuple]) -> list[tuple]:
+    """What schema 3 holds for schema 2's rows: records gain start_time (created) and end_time
+    (created + duration); the schema version is 3; everything else is as it was."""
+    if table == "records":
+        return [(*row, row[-2], row[-2] + row[6]) for row in old]
+    if table == "meta":
+        return [(key, "3" if key == "schema_version" else value) for key, value in old]
+    return old
+
+
+async def use_upgraded(catalogue: Catalogue) -> None:
+    """The upgraded catalogue works: records list with their times, an upload commits, ids go on."""
+    record = await catalogue.records.get(1)
+    assert (record["start_time"], record["end_time"], record["created"]) == (
+        1700000240, 1700000840, 1700000240)
+    [key] = await catalogue.agent_keys.list()
+    fields = {"kind": "record", "camera_id": 3, "size": 5, "sha256": "ab" * 32,
+              "start_time": 1700001000, "end_time": 1700001060, "duration": 60, "width": 640,
+              "height": 360, "file_fdfs": "/files/records/3/20231114/new.mp4", "image_fdfs": ""}
+    await catalogue.uploads.declare(key.key_id, "0" * 32, fields)
+    committed = await catalogue.uploads.commit(key.key_id, "0" * 32, "")
+    assert committed.upload["record_id"] == 3  # after the two there were
+    assert (await catalogue.records.get(3))["created"] == 1700001000
+    added = await catalogue.cameras.add(1, {"camera_name": "new", "stream_prop": 1,
+                                            "stream_mp4": "/v/new.mp4"})
+    assert added["camera_id"] == 4  # camera 2 was deleted: its id is not handed out again
+
+
+async def test_a_version_2_catalogue_is_upgraded_with_nothing_lost(tmp_path: Path):
+    path = tmp_path / "relay.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(V2_DUMP.read_text())
+    db.close()
+    before = {table: rows(path, f"SELECT * FROM {table} ORDER BY 1") for table in V2_TABLES}
+    assert len(before["records"]) == 2 and len(before["snapshots"]) == 2
+    catalogue = await Catalogue.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        for table, old in before.items():
+            assert rows(path, f"SELECT * FROM {table} ORDER BY 1") == as_v3(table, old), table
+        assert rows(path, "SELECT count(*) FROM uploads") == [(0,)]
+        await use_upgraded(catalogue)
+    finally:
+        await catalogue.close()
+    assert rows(path, "PRAGMA foreign_key_check") == []
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+    again = await Catalogue.open(f"sqlite+aiosqlite:///{path}")  # opening again changes nothing
+    await again.close()
+    assert rows(path, "SELECT count(*) FROM records") == [(3,)]
+
+
+async def test_a_version_2_catalogue_on_postgresql_is_upgraded_with_nothing_lost():
+    import secrets
+
+    import asyncpg
+
+    name = f"relay_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        loader = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        await loader.execute(V2_PG_DUMP.read_text())  # (it empties search_path: its own session)
+        await loader.close()
+        db = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        try:
+            async def pg_rows(table: str) -> list[tuple]:
+                return [tuple(row) for row in await db.fetch(f"SELECT * FROM {table} ORDER BY 1")]
+
+            before = {table: await pg_rows(table) for table in V2_TABLES}
+            assert len(before["records"]) == 2 and before["meta"][0] == ("schema_version", "2")
+            catalogue = await Catalogue.open(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}")
+            try:
+                for table, old in before.items():
+                    assert await pg_rows(table) == as_v3(table, old), table
+                assert await db.fetchval("SELECT count(*) FROM uploads") == 0
+                await use_upgraded(catalogue)
+            finally:
+                await catalogue.close()
+            assert await db.fetchval("SELECT count(*) FROM records") == 3
+        finally:
+            await db.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()

@@ -20,6 +20,7 @@ from .errors import AlreadyExists, CatalogueError, CourseOverlap, GathererRefuse
 from .gatherers import Gatherers
 from .paging import Page
 from .records import Records
+from .uploads import Committed, UploadConflict, Uploads
 
 __all__ = [
     "Account",
@@ -28,11 +29,13 @@ __all__ = [
     "Catalogue",
     "CatalogueError",
     "CatalogueUnavailable",
+    "Committed",
     "CourseOverlap",
     "DeletedCameras",
     "GathererRefused",
     "NotFound",
     "Page",
+    "UploadConflict",
 ]
 
 
@@ -45,6 +48,7 @@ class Catalogue:
         self.cameras = Cameras(db, clock)
         self.courses = Courses(db, clock)
         self.records = Records(db, clock)
+        self.uploads = Uploads(db, clock)
 
     @classmethod
     async def open(cls, url: str, clock: Callable[[], float] = time.time, create: bool = True

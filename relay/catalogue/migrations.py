@@ -14,6 +14,12 @@ Version 2 (ids never reused; agent keys bound to gatherers):
 * MAC addresses in one form (``02:00:00:00:aa:01``). Two gatherers whose MACs only differed in form
   were one machine registered twice: the older keeps its id and takes the newer one's cameras
   (with their courses, records and snapshots); the newer row goes.
+
+Version 3 (recordings uploaded by agents):
+
+* ``records.start_time`` and ``end_time`` (unix seconds of the recording's first and last packet);
+  an existing record starts at its ``created`` and ends ``duration`` seconds later;
+* the ``uploads`` table (new tables are made by ``create_all`` before any step runs).
 """
 
 from __future__ import annotations
@@ -95,7 +101,26 @@ async def _to_version_2(conn: AsyncConnection) -> None:
             raise RuntimeError(f"catalogue migration would break {len(broken)} references")
 
 
-STEPS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {2: _to_version_2}
+async def _to_version_3(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "sqlite":
+        have = {row[1] for row in await conn.exec_driver_sql("PRAGMA table_info(records)")}
+    else:
+        have = set((await conn.exec_driver_sql(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'records' "
+            "AND table_schema = current_schema()")).scalars())
+    for column in ("start_time", "end_time"):
+        if column not in have:  # (a schema 1 catalogue got them in step 2's rebuild)
+            await conn.exec_driver_sql(
+                f"ALTER TABLE records ADD COLUMN {column} BIGINT DEFAULT 0 NOT NULL")
+    await conn.execute(update(records).where(records.c.start_time == 0)
+                       .values(start_time=records.c.created,
+                               end_time=records.c.created + records.c.duration))
+
+
+STEPS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {
+    2: _to_version_2,
+    3: _to_version_3,
+}
 
 
 async def upgrade(engine: AsyncEngine, version: int, target: int) -> None:

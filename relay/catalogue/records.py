@@ -30,9 +30,14 @@ class Records:
         image_fdfs: str = "",
         file_size: int = 0,
         duration: int = 0,
+        start_time: int | None = None,
+        end_time: int | None = None,
     ) -> int:
-        """Record a finished recording of ``camera_id``; returns its ``record_id``."""
+        """Record a finished recording of ``camera_id``; returns its ``record_id``.
+        ``created`` is the recording's start (``start_time``, default now)."""
         now = int(self._clock())
+        start = now if start_time is None else int(start_time)
+        end = start + int(duration) if end_time is None else int(end_time)
         async with self._db.write() as conn:
             gather_id = (
                 await conn.execute(
@@ -49,7 +54,9 @@ class Records:
                     image_fdfs=image_fdfs,
                     file_size=file_size,
                     duration=duration,
-                    created=now,
+                    start_time=start,
+                    end_time=end,
+                    created=start,
                     updated=now,
                 )
             )

@@ -23,7 +23,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -182,7 +182,37 @@ records = Table(
     Column("duration", Integer, nullable=False, default=0),
     Column("clicks", BigInteger, nullable=False, default=0),
     *_timestamps(),
+    # Wall-clock unix seconds of the recording's first and last packet (``created`` = start).
+    # Server defaults: schema 2's rebuild copies old rows into this definition.
+    Column("start_time", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("end_time", BigInteger, nullable=False, default=0, server_default="0"),
     **_NEVER_REUSE,
+)
+
+#: Agents' uploads (docs/RECORDING.md, "The upload protocol"): what each declared, where its file is
+#: to be stored (named when it is declared), and, once committed, the row it became. The agent's
+#: ``upload_id`` is its idempotency key, scoped to its agent key. No id of its own: the pair is the
+#: key, and an upload outlives its camera (a commit for a deleted camera is refused, not lost).
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("key_id", Integer, ForeignKey("agent_keys.key_id"), primary_key=True),
+    Column("upload_id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("camera_id", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("start_time", BigInteger, nullable=False),
+    Column("end_time", BigInteger, nullable=False),
+    Column("duration", Integer, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("file_fdfs", String(1024), nullable=False),
+    Column("image_fdfs", String(1024), nullable=False, default=""),
+    Column("state", String(16), nullable=False, default="open"),
+    Column("record_id", Integer, nullable=True),
+    Column("image_id", Integer, nullable=True),
+    Column("created", BigInteger, nullable=False),
 )
 
 courses = Table(

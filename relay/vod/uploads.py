@@ -1,0 +1,514 @@
+"""``/agent/uploads``: recordings and snapshots from agents, resumable, checksummed, idempotent.
+
+docs/RECORDING.md ("The upload protocol") is the contract. An upload is declared (``POST``), its
+bytes are appended at the offset the relay holds (``PUT ?offset=N``: the offset is the size of the
+temporary file, so whatever reached the disk before a crash counts), and committed: size and sha256
+recomputed from the file, fsync, rename to the stored name picked at declaration, then the row, in
+one transaction. Every step can be repeated: a commit interrupted after its rename finds the stored
+file and finishes; a repeated commit answers what the first one did.
+
+The upload id is the agent's idempotency key and lets whoever holds it write: logs name an upload by
+``upload_label`` only, and temporary files by a digest of key and id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from ..catalogue import AgentKey, NotFound, UploadConflict
+from ..link.endpoint import agent_key
+from ..services import SERVICES, Services
+from .space import Room
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+#: The most one PUT may carry, and a poster's most (decoded).
+MAX_CHUNK = 8 * MIB
+MAX_POSTER = MIB
+#: A declaration's most: a base64 poster and the fields.
+MAX_DECLARATION = MAX_POSTER * 4 // 3 + 64 * 1024
+#: Forgotten at the relay's start: open uploads untouched this long (their agent gave up), and
+#: committed ones (an agent repeats a commit within minutes).
+STALE_OPEN = 7 * 86400
+STALE_COMMITTED = 30 * 86400
+
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+KINDS = {"record": ("records", "mp4"), "snapshot": ("snapshots", "jpg")}
+
+
+def upload_label(upload_id: str) -> str:
+    """How logs name an upload: a digest of its id (the id itself lets its holder write)."""
+    return hashlib.sha256(upload_id.encode()).hexdigest()[:8]
+
+
+class Refusal(Exception):
+    """An answer other than 200: ``status``, ``message``, extra fields, a metrics reason."""
+
+    def __init__(self, status: int, message: str, reason: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.reason, self.extra = status, message, reason, extra
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float, integer: bool) -> Any:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or \
+            not math.isfinite(value) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise Refusal(400, f"{name} must be {kind} from {low:g} to {high:g}", "malformed")
+    return value
+
+
+def parse_declaration(body: Any) -> dict[str, Any]:
+    """The manifest fields of a declaration, checked (``Refusal`` 400 names the first bad one)."""
+    if not isinstance(body, dict):
+        raise Refusal(400, "the body must be a JSON object", "malformed")
+    upload_id = body.get("upload_id")
+    if not isinstance(upload_id, str) or not UPLOAD_ID.fullmatch(upload_id):
+        raise Refusal(400, "upload_id must be 32 lowercase hex characters", "malformed")
+    kind = body.get("kind")
+    if kind not in KINDS:
+        raise Refusal(400, "kind must be 'record' or 'snapshot'", "malformed")
+    sha256 = body.get("sha256")
+    if not isinstance(sha256, str) or not SHA256.fullmatch(sha256.lower()):
+        raise Refusal(400, "sha256 must be 64 hex characters", "malformed")
+    fields = {
+        "upload_id": upload_id,
+        "kind": kind,
+        "camera_id": _number(body, "camera_id", 1, 2**31 - 1, True),
+        "size": _number(body, "size", 1, 2**50, True),
+        "sha256": sha256.lower(),
+        "start_time": _number(body, "start_time", 0, 2**40, False),
+        "end_time": _number(body, "end_time", 0, 2**40, False),
+        "duration": _number(body, "duration", 0, 7 * 86400, False),
+        "width": _number(body, "width", 0, 65535, True),
+        "height": _number(body, "height", 0, 65535, True),
+    }
+    if fields["end_time"] < fields["start_time"]:
+        raise Refusal(400, "end_time must not be before start_time", "malformed")
+    poster = body.get("poster", "")
+    if not isinstance(poster, str) or (poster and kind != "record"):
+        raise Refusal(400, "poster must be a base64 string, for a record only", "malformed")
+    try:
+        fields["poster"] = base64.b64decode(poster, validate=True) if poster else b""
+    except (binascii.Error, ValueError):
+        raise Refusal(400, "poster is not valid base64", "malformed") from None
+    if len(fields["poster"]) > MAX_POSTER:
+        raise Refusal(400, f"poster over {MAX_POSTER} bytes", "malformed")
+    return fields
+
+
+def _digest_and_sync(path: Path) -> tuple[int, str]:
+    """Size and sha256 of the file, after it reached the disk (fsync); off the event loop."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as file:
+        while block := file.read(MIB):
+            digest.update(block)
+            size += len(block)
+        os.fsync(file.fileno())
+    return size, digest.hexdigest()
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move(source: Path, target: Path) -> None:
+    """Rename into place durably: the new name survives a crash once this returns."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+    _sync_dir(target.parent)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass
+class _Upload:
+    """One request's view of its upload: the row, and where its bytes are."""
+
+    row: dict[str, Any]
+    temp: Path
+    poster_temp: Path
+
+
+class UploadService:
+    """The three requests of the protocol, and finishing interrupted commits at start."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self.root = services.settings.data / "uploads"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.room = Room(services.settings, services.storage.root, self.root)
+        self._locks: weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary())
+
+    # -- places --------------------------------------------------------------------------------
+
+    def _temp(self, key_id: int, upload_id: str) -> Path:
+        name = hashlib.sha256(f"{key_id}:{upload_id}".encode()).hexdigest()[:40]
+        return self.root / f"{name}.part"
+
+    def _view(self, row: dict[str, Any]) -> _Upload:
+        temp = self._temp(row["key_id"], row["upload_id"])
+        return _Upload(row, temp, temp.with_suffix(".poster"))
+
+    def _lock(self, key_id: int, upload_id: str) -> asyncio.Lock:
+        lock = self._locks.get((key_id, upload_id))
+        if lock is None:
+            lock = self._locks[(key_id, upload_id)] = asyncio.Lock()
+        return lock
+
+    def _stored(self, fdfs: str) -> Path:
+        path = self._services.storage.path_of(fdfs)
+        if path is None:  # our own names always resolve; a broken data dir does not
+            raise RuntimeError("a stored name outside the files directory")
+        return path
+
+    def _names(self, fields: dict[str, Any]) -> tuple[str, str]:
+        folder, suffix = KINDS[fields["kind"]]
+        camera_id = fields["camera_id"]
+        if fields["kind"] == "snapshot":
+            return self._services.storage.new_name(folder, camera_id, suffix), ""
+        zone = self._services.settings.timezone
+        day = datetime.fromtimestamp(fields["start_time"], ZoneInfo(zone) if zone else None)
+        day_name = day.strftime("%Y%m%d")
+        return (self._services.storage.new_name(folder, camera_id, suffix, day_name),
+                self._services.storage.new_name("posters", camera_id, "jpg", day_name))
+
+    # -- checks --------------------------------------------------------------------------------
+
+    async def _check_camera(self, key: AgentKey, camera_id: int) -> None:
+        cameras = self._services.catalogue.cameras
+        if await cameras.owner_key(camera_id) == key.key_id:
+            return
+        try:
+            await cameras.get(camera_id)
+        except NotFound:
+            raise Refusal(404, f"no camera {camera_id}", "no_camera") from None
+        log.warning("camera %d: refused an upload from key %r: not one of its gatherers' cameras",
+                    camera_id, key.name)
+        raise Refusal(403, "this camera does not belong to this agent key", "not_yours")
+
+    async def _check_room(self, needed: int, held: int) -> None:
+        room, minimum = await self.room.check()
+        if room - needed < minimum:
+            log.warning("refused an upload of %d more bytes: %d bytes free for stored files, "
+                        "%d must stay free", needed, room, minimum)
+            raise Refusal(507, f"the relay's storage cannot hold {needed} more bytes "
+                               f"({room} free, {minimum} kept free); retry later", "disk_full",
+                          offset=held)
+
+    @staticmethod
+    def _check_id(upload_id: str) -> None:
+        if not UPLOAD_ID.fullmatch(upload_id):
+            raise Refusal(400, "upload_id must be 32 lowercase hex characters", "malformed")
+
+    async def _row(self, key: AgentKey, upload_id: str) -> dict[str, Any]:
+        row = await self._services.catalogue.uploads.get(key.key_id, upload_id)
+        if row is None:
+            raise Refusal(404, "no such upload (declare it first)", "unknown_upload")
+        return row
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    async def declare(self, key: AgentKey, fields: dict[str, Any]) -> dict[str, Any]:
+        settings = self._services.settings
+        if fields["size"] > settings.upload_max_mb * MIB:
+            raise Refusal(413, f"size over upload_max_mb ({settings.upload_max_mb} MiB)", "too_big")
+        uploads = self._services.catalogue.uploads
+        upload_id = fields["upload_id"]
+        async with self._lock(key.key_id, upload_id):
+            row = await uploads.get(key.key_id, upload_id)
+            if row is not None and row["state"] == "committed":
+                if any(row[name] != fields[name] for name in ("kind", "camera_id", "size",
+                                                              "sha256")):
+                    raise Refusal(409, "this upload_id was committed with another kind, camera, "
+                                       "size or checksum", "conflict")
+                return committed_body(row)
+            await self._check_camera(key, fields["camera_id"])
+            held = _size(self._view(row).temp) if row is not None else 0
+            await self._check_room(fields["size"] - held, held)
+            file_fdfs, image_fdfs = self._names(fields)
+            declared = {**fields, "start_time": int(fields["start_time"]),
+                        "end_time": math.ceil(fields["end_time"]),
+                        "duration": round(fields["duration"]),
+                        "file_fdfs": file_fdfs, "image_fdfs": image_fdfs}
+            try:
+                row = await uploads.declare(key.key_id, upload_id, declared)
+            except UploadConflict:
+                raise Refusal(409, "this upload_id was declared with another kind, camera, size "
+                                   "or checksum", "conflict") from None
+            upload = self._view(row)
+            if fields["poster"]:
+                await asyncio.to_thread(self._write_poster, upload.poster_temp, fields["poster"])
+            return {"state": "open", "offset": _size(upload.temp)}
+
+    @staticmethod
+    def _write_poster(path: Path, jpeg: bytes) -> None:
+        staging = path.with_suffix(".poster-new")
+        staging.write_bytes(jpeg)
+        os.replace(staging, path)
+
+    async def put(self, key: AgentKey, upload_id: str, offset: int, request: web.Request
+                  ) -> dict[str, Any]:
+        self._check_id(upload_id)
+        async with self._lock(key.key_id, upload_id):
+            row = await self._row(key, upload_id)
+            upload = self._view(row)
+            if row["state"] == "committed":
+                raise Refusal(409, "this upload is committed already", "committed",
+                              offset=row["size"], state="committed")
+            held = _size(upload.temp)
+            if offset != held:
+                raise Refusal(409, f"the relay holds {held} bytes of this upload", "offset",
+                              offset=held)
+            room_left = row["size"] - held
+            length = request.content_length
+            if length is not None and (length > MAX_CHUNK or length > room_left):
+                raise Refusal(413, f"at most {min(MAX_CHUNK, room_left)} bytes at offset {held} "
+                                   f"(declared size {row['size']}, {MAX_CHUNK} per request)",
+                              "too_big", offset=held)
+            await self._check_room(room_left, held)
+            return await self._append(upload, held, min(MAX_CHUNK, room_left), request)
+
+    async def _append(self, upload: _Upload, held: int, limit: int, request: web.Request
+                      ) -> dict[str, Any]:
+        """Stream the body onto the temporary file; never more than ``limit`` bytes."""
+        written = 0
+        file = open(upload.temp, "ab")  # noqa: SIM115 (closed in finally, around awaits)
+        try:
+            async for chunk in request.content.iter_any():
+                if written + len(chunk) > limit:
+                    file.truncate(held)  # the whole request is refused: nothing of it stays
+                    written = 0
+                    raise Refusal(413, f"past the declared size or {MAX_CHUNK} bytes per request",
+                                  "too_big", offset=held)
+                try:
+                    file.write(chunk)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    file.flush()
+                    raise Refusal(507, "the relay's disk is full; retry later", "disk_full",
+                                  offset=_size(upload.temp)) from None
+                written += len(chunk)
+        finally:
+            with contextlib.suppress(OSError):
+                file.close()  # what reached the file stays: the next PUT resumes after it
+            self._services.metrics.upload_bytes.inc(written)
+            self.room.wrote(written)
+        return {"offset": held + written}
+
+    async def commit(self, key: AgentKey, upload_id: str) -> dict[str, Any]:
+        self._check_id(upload_id)
+        async with self._lock(key.key_id, upload_id):
+            row = await self._row(key, upload_id)
+            if row["state"] != "committed":
+                await self._check_camera_or_drop(key, row)
+            return await self._commit(self._view(row))
+
+    async def _check_camera_or_drop(self, key: AgentKey, row: dict[str, Any]) -> None:
+        try:
+            await self._check_camera(key, row["camera_id"])
+        except Refusal as refusal:
+            if refusal.status == 404:  # the camera was deleted: nothing will ever store this
+                await self._drop(self._view(row))
+            raise
+
+    async def _drop(self, upload: _Upload) -> None:
+        row = upload.row
+        await self._services.catalogue.uploads.drop(row["key_id"], row["upload_id"])
+        for path in (upload.temp, upload.poster_temp):
+            path.unlink(missing_ok=True)
+        for fdfs in (row["file_fdfs"], row["image_fdfs"]):
+            if fdfs:
+                self._stored(fdfs).unlink(missing_ok=True)
+
+    async def _commit(self, upload: _Upload) -> dict[str, Any]:
+        """Check, fsync, rename, then the row; each step safe to repeat after a crash."""
+        row = upload.row
+        if row["state"] == "committed":
+            return committed_body(row)
+        label = upload_label(row["upload_id"])
+        stored = self._stored(row["file_fdfs"])
+        source = upload.temp if upload.temp.exists() else stored  # renamed by a commit cut short
+        try:
+            size, sha256 = await asyncio.to_thread(_digest_and_sync, source)
+        except FileNotFoundError:
+            size, sha256 = 0, ""
+        if (size, sha256) != (row["size"], row["sha256"]):
+            source.unlink(missing_ok=True)
+            reason = "size" if size != row["size"] else "checksum"
+            log.warning("camera %d: upload %s refused at commit: %s", row["camera_id"], label,
+                        f"{size} bytes, {row['size']} declared" if reason == "size"
+                        else "the sha256 differs from the declared one")
+            raise Refusal(422, f"{reason} mismatch: the relay holds {size} bytes"
+                          + ("" if reason == "size" else " with another sha256")
+                          + "; upload it again from offset 0", reason)
+        if source == upload.temp:
+            await asyncio.to_thread(_move, upload.temp, stored)
+        image_fdfs = ""
+        if row["image_fdfs"]:
+            poster = self._stored(row["image_fdfs"])
+            if upload.poster_temp.exists():
+                await asyncio.to_thread(_move, upload.poster_temp, poster)
+            image_fdfs = row["image_fdfs"] if poster.exists() else ""
+        catalogue = self._services.catalogue
+        try:
+            done = await catalogue.uploads.commit(row["key_id"], row["upload_id"], image_fdfs)
+        except NotFound:  # the camera went between the check and the transaction
+            await self._drop(upload)
+            raise Refusal(404, f"no camera {row['camera_id']}", "no_camera") from None
+        if done.removed_files:
+            self._services.storage.remove(done.removed_files)
+        committed = done.upload
+        if committed["kind"] == "record":
+            self._services.metrics.recordings_uploaded.inc()
+            log.info("camera %d: record %d stored (%d bytes, %d s) from upload %s",
+                     committed["camera_id"], committed["record_id"], committed["size"],
+                     committed["duration"], label)
+        else:
+            log.info("camera %d: snapshot %d stored (%d bytes) from upload %s",
+                     committed["camera_id"], committed["image_id"], committed["size"], label)
+        return committed_body(committed)
+
+    # -- the relay's start ---------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Finish commits cut short after their rename, forget stale uploads, and remove
+        temporary files no open upload names (left by refused or finished ones)."""
+        uploads = self._services.catalogue.uploads
+        now = int(time.time())
+        for row in await uploads.prune(now - STALE_OPEN, now - STALE_COMMITTED):
+            log.info("forgot upload %s of camera %d: untouched for %d days",
+                     upload_label(row["upload_id"]), row["camera_id"], STALE_OPEN // 86400)
+            await self._drop(self._view(row))
+        keep: set[Path] = set()
+        for row in await uploads.open_uploads():
+            upload = self._view(row)
+            if not upload.temp.exists() and self._stored(row["file_fdfs"]).exists():
+                try:
+                    await self._commit(upload)
+                    continue
+                except Refusal as refusal:
+                    log.warning("upload %s: not finished at start: %s",
+                                upload_label(row["upload_id"]), refusal.message)
+            keep.update((upload.temp, upload.poster_temp))
+        for path in self.root.iterdir():
+            if path not in keep:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+def committed_body(row: dict[str, Any]) -> dict[str, Any]:
+    made = {"record_id": row["record_id"]} if row["kind"] == "record" else {
+        "image_id": row["image_id"]}
+    return {"state": "committed", **made, "fdfs": row["file_fdfs"]}
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+UPLOADS = web.AppKey("uploads", UploadService)
+
+
+def _answer(request: web.Request, refusal: Refusal) -> web.Response:
+    request.app[SERVICES].metrics.upload_failures.labels(refusal.reason).inc()
+    return web.json_response({"err_code": refusal.status, "err_msg": refusal.message,
+                              **refusal.extra}, status=refusal.status)
+
+
+async def _read_declaration(request: web.Request) -> Any:
+    """The JSON body, read in pieces up to ``MAX_DECLARATION`` (past the app's 64 KB cap)."""
+    if (request.content_length or 0) > MAX_DECLARATION:
+        raise Refusal(413, f"declaration over {MAX_DECLARATION} bytes", "too_big")
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > MAX_DECLARATION:
+            raise Refusal(413, f"declaration over {MAX_DECLARATION} bytes", "too_big")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Refusal(400, "the body is not JSON", "malformed") from None
+
+
+async def _authorised(request: web.Request) -> AgentKey:
+    key = await agent_key(request)
+    if key is None:
+        raise Refusal(401, "unknown or revoked agent key", "bad_key")
+    return key
+
+
+async def declare_upload(request: web.Request) -> web.Response:
+    try:
+        key = await _authorised(request)
+        fields = parse_declaration(await _read_declaration(request))
+        return web.json_response(await request.app[UPLOADS].declare(key, fields))
+    except Refusal as refusal:
+        return _answer(request, refusal)
+
+
+async def put_upload(request: web.Request) -> web.Response:
+    try:
+        key = await _authorised(request)
+        raw = request.query.get("offset", "")
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 16:
+            raise Refusal(400, "offset must be a whole number of bytes", "malformed")
+        answer = await request.app[UPLOADS].put(key, request.match_info["upload_id"], int(raw),
+                                                request)
+        return web.json_response(answer)
+    except Refusal as refusal:
+        return _answer(request, refusal)
+
+
+async def commit_upload(request: web.Request) -> web.Response:
+    try:
+        key = await _authorised(request)
+        return web.json_response(
+            await request.app[UPLOADS].commit(key, request.match_info["upload_id"]))
+    except Refusal as refusal:
+        return _answer(request, refusal)
+
+
+def add_routes(app: web.Application) -> UploadService:
+    service = UploadService(app[SERVICES])
+    app[UPLOADS] = service
+    app.router.add_post("/agent/uploads", declare_upload)
+    app.router.add_put("/agent/uploads/{upload_id}", put_upload)
+    app.router.add_post("/agent/uploads/{upload_id}/commit", commit_upload)
+
+    async def recover(_app: web.Application) -> None:
+        await service.recover()
+
+    app.on_startup.append(recover)
+    return service
