@@ -48,11 +48,16 @@ class Presenter:
             "record_id", "gather_id", "camera_id", "camera_name", "file_fdfs", "image_fdfs",
             "file_size", "duration",
         )  # fmt: skip
+        start = row.get("start_time") or row["created"]
+        end = row.get("end_time") or start + row["duration"]
         return {
             **{key: row[key] for key in keys},
             "disptime": disptime(row["duration"]),
             "clicks": row["clicks"],
-            **self._stamps(row),
+            "created": self.time(start),  # the recording's start, as the specification means it
+            "updated": self.time(row["updated"]),
+            "start_time": self.time(start),
+            "end_time": self.time(end),
         }
 
     def course(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, case, delete, func, select, update
 
 from .database import Database
 from .errors import NotFound
@@ -99,3 +99,54 @@ class Records:
                 raise NotFound(f"no record {missing}", missing)
             await conn.execute(delete(records).where(records.c.record_id.in_(record_ids)))
         return [path for row in found for path in (row.file_fdfs, row.image_fdfs) if path]
+
+    # list_record's camera filter and retention (relay.vod.retention).
+
+    async def page_of(self, cur: int, per: int, camera_id: int | None = None) -> Page:
+        """One page, newest first, of every recording or of one camera's (``NotFound`` when
+        ``camera_id`` names no camera)."""
+        if camera_id is None:
+            return await self.page(cur, per)
+        mine = records.c.camera_id == camera_id
+        async with self._db.read() as conn:
+            known = (await conn.execute(
+                select(cameras.c.camera_id).where(cameras.c.camera_id == camera_id))).first()
+            if known is None:
+                raise NotFound(f"no camera {camera_id}", [camera_id], kind="camera")
+            return await fetch_page(
+                conn, _listing().where(mine).order_by(records.c.record_id.desc()), cur, per,
+                select(func.count()).select_from(records).where(mine))
+
+    async def oldest(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` recordings, earliest start first (only those that started before
+        ``before``, unix seconds, when given): what retention deletes next."""
+        start = _started()
+        query = select(records.c.record_id, records.c.camera_id, start.label("start"))
+        if before is not None:
+            query = query.where(start < before)
+        async with self._db.read() as conn:
+            rows = await conn.execute(query.order_by(start, records.c.record_id).limit(limit))
+            return [dict(row._mapping) for row in rows]
+
+    async def discard(self, record_id: int) -> dict[str, Any] | None:
+        """Delete one recording's row; returns it (its ids and files, for the caller to unlink),
+        or None when it was already gone."""
+        async with self._db.write() as conn:
+            row = (await conn.execute(
+                select(records.c.record_id, records.c.camera_id, records.c.file_fdfs,
+                       records.c.image_fdfs).where(records.c.record_id == record_id))).first()
+            if row is None:
+                return None
+            await conn.execute(delete(records).where(records.c.record_id == record_id))
+        return dict(row._mapping)
+
+    async def total_bytes(self) -> int:
+        """What every recording's video takes, by the rows' ``file_size``."""
+        async with self._db.read() as conn:
+            return int((await conn.execute(
+                select(func.coalesce(func.sum(records.c.file_size), 0)))).scalar_one())
+
+
+def _started():  # type: ignore[no-untyped-def]
+    """A recording's start: ``start_time``, or ``created`` for a row that has none."""
+    return case((records.c.start_time > 0, records.c.start_time), else_=records.c.created)
