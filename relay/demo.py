@@ -3,20 +3,26 @@
 Runs ``relay serve`` in this process and a real ``relay agent`` as a child process, with an agent
 key kept in ``DATA/demo/agent.key`` and a demo camera (mode 1) playing the MP4 the agent generates
 on its first start. Stopping the demo (Ctrl-C) stops the agent too.
+
+So that a newcomer sees recording at work, the demo camera gets a course from a minute ago until
+two hours from now (or midnight) on each start, and its gatherer one-minute slices: a recording
+appears in ``list_record`` about a minute after the start, ready for ``play_record``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import sys
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from .catalogue import NotFound
+from .catalogue import CourseOverlap, NotFound
 from .config import Settings
 from .link import protocol
 from .services import SERVICES, Services
@@ -24,6 +30,8 @@ from .services import SERVICES, Services
 log = logging.getLogger(__name__)
 
 DEMO_CAMERA = "演示通道 Demo camera"
+DEMO_COURSE_SECONDS = 2 * 3600
+DAY = 86_400
 
 
 def demo_paths(settings: Settings) -> tuple[Path, Path, Path]:
@@ -53,7 +61,9 @@ async def ensure_demo_camera(services: Services, video: Path) -> None:
             break
         await asyncio.sleep(0.2)
     gather_id = online[0]["gather_id"]
-    if await services.catalogue.cameras.of_gatherer(gather_id):
+    cameras = await services.catalogue.cameras.of_gatherer(gather_id)
+    if cameras:
+        await record_now(services, gather_id, cameras[0]["camera_id"])
         return
     try:
         row = await services.catalogue.cameras.add(
@@ -64,6 +74,36 @@ async def ensure_demo_camera(services: Services, video: Path) -> None:
     transmit = await services.hub.send(gather_id, protocol.CAMERA_ADD, protocol.camera_state(row))
     log.info("demo camera %d added to gatherer %d: %s", row["camera_id"], gather_id,
              transmit.get("err_msg"))
+    await record_now(services, gather_id, row["camera_id"])
+
+
+def _local_now(services: Services) -> dt.datetime:
+    zone = services.settings.timezone
+    return dt.datetime.now(ZoneInfo(zone)) if zone else dt.datetime.now().astimezone()
+
+
+async def record_now(services: Services, gather_id: int, camera_id: int) -> None:
+    """One-minute slices on the gatherer, and a course around now on the camera (unless one of
+    its courses already covers now), both sent to the agent."""
+    catalogue = services.catalogue
+    settings = await catalogue.gatherers.update(gather_id, {"slice_val": 1})
+    await services.hub.send(gather_id, protocol.GATHER_MOD, protocol.gather_settings(settings))
+    now = _local_now(services)
+    second = now.hour * 3600 + now.minute * 60 + now.second
+    start = max(0, second - 60)
+    length = min(DEMO_COURSE_SECONDS, DAY - 1 - start)
+    try:
+        course = await catalogue.courses.add(camera_id=camera_id, week_id=(now.weekday() + 1) % 7,
+                                             start_sec=start, elapse_sec=length)
+    except CourseOverlap:
+        log.info("demo camera %d already has a course now", camera_id)
+        return
+    schedule = await catalogue.courses.of_camera(camera_id)
+    transmit = await services.hub.send(gather_id, protocol.COURSES_SET,
+                                       protocol.course_list(camera_id, schedule))
+    ends = (now + dt.timedelta(seconds=start + length - second)).strftime("%H:%M")
+    log.info("demo camera %d records now (course %d, until about %s, one-minute slices): %s",
+             camera_id, course["course_id"], ends, transmit.get("err_msg"))
 
 
 def attach_demo_agent(app: web.Application) -> None:

@@ -7,6 +7,10 @@ keeps running the cameras of the state it last received, which it keeps on disk.
 Live pushes (``live.start``/``live.stop``/``live.keyframe``) run beside the link, one media WebSocket
 per pushed camera (see :mod:`.push`); a push ends when its camera is stopped, deleted or changed,
 when its source fails, when the relay closes its socket, or when the agent stops.
+
+Recordings follow the timetable whether or not the link is up (:mod:`.recording`); finished
+slices and snapshots wait in the spool (:mod:`.spool`, finished at start after a crash) until the
+uploader (:mod:`.uploader`) has the relay's confirmation.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ from ..link import protocol
 from ..media.pipelines import DEFAULT_KBPS
 from .config import AgentConfig
 from .push import Push
+from .recording import Recordings
 from .sources import CameraSource, SourceError, source_url
+from .spool import Spool, SpoolEntry
 from .state import DesiredState
+from .uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +107,27 @@ class Agent:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._http: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.spool = Spool(data / "spool", config.spool_max_mb * 1024 * 1024,
+                           on_ready=self._spool_ready, on_drop=self._spool_dropped)
+        self.uploader: Uploader | None = None
+        self.recordings = Recordings(self.state, config, self.spool, lambda: self.sources,
+                                     self._upload_error, lambda *_: None)
 
     # Running
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        recovered = await asyncio.to_thread(self.spool.recover)
+        if recovered:
+            log.info("spool: %d recording(s) and snapshot(s) wait for upload", len(recovered))
         self.reconcile()
         failures = 0
         async with aiohttp.ClientSession() as http:
             self._http = http
+            self.uploader = Uploader(http, self.url, self._key, self.spool, self._keep_uploading)
+            background = [asyncio.create_task(self.uploader.run(stop), name="uploader"),
+                          asyncio.create_task(self.recordings.run(stop, self._send_recording),
+                                              name="recordings")]
             while not stop.is_set():
                 session = asyncio.create_task(self._session(http))
                 stopping = asyncio.create_task(stop.wait())
@@ -133,7 +152,9 @@ class Agent:
                 log.info("reconnecting in %.1f s", delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+            stop.set()
             await self._stop_pushes()
+            await asyncio.gather(*background, return_exceptions=True)
             self._http = None
         self._stop_sources()
 
@@ -161,6 +182,7 @@ class Agent:
                 self.reconcile()
                 for camera_id, (status, err_msg) in list(self.statuses.items()):
                     await self._send_status(camera_id, status, err_msg)
+                self.recordings.linked()
                 async for message in ws:
                     if message.type != aiohttp.WSMsgType.TEXT:
                         break
@@ -217,6 +239,7 @@ class Agent:
         if action == protocol.GATHER_MOD:
             state.gather = {key: data[key] for key in protocol.GATHER_FIELDS}
             state.save()
+            self.recordings.changed()
             return protocol.answer(data=state.gather)
         if action == protocol.CAMERA_DEL:
             deleted = [camera_id for camera_id in data["camera_ids"]
@@ -236,6 +259,7 @@ class Agent:
         elif action == protocol.COURSES_SET:
             state.courses[camera_id] = list(data["courses"])
             state.save()
+            self.recordings.changed()  # a window changed during itself takes effect at once
             return protocol.answer(data={"camera_id": camera_id, "courses": len(data["courses"])})
         elif action == protocol.LIVE_STOP:
             return self._live_stop(camera_id, push_id_of(data))
@@ -376,6 +400,7 @@ class Agent:
                 camera = self.state.cameras.get(camera_id)
                 self._end_push(camera_id, "camera deleted" if camera is None else
                                "camera stopped" if not camera["started"] else "camera source changed")
+        self.recordings.changed()
 
     def _url(self, camera: dict[str, Any]) -> str | None:
         try:
@@ -410,7 +435,37 @@ class Agent:
             await ws.send_json({"type": "status", "camera_id": camera_id, "status": status,
                                 "err_msg": err_msg})
 
+    # Recordings and uploads
+
+    def _keep_uploading(self) -> bool:
+        """The gatherer's auto_fds: 1 retries a failed upload forever, 0 at the next start."""
+        return bool(self.state.gather.get("auto_fds", 1))
+
+    def _upload_error(self, camera_id: int) -> str:
+        return self.uploader.last_error.get(camera_id, "") if self.uploader is not None else ""
+
+    def _spool_ready(self, entry: SpoolEntry) -> None:
+        """A slice or snapshot is ready to upload (called from a spool thread)."""
+        if self._loop is not None and self.uploader is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the agent is gone
+                self._loop.call_soon_threadsafe(self.uploader.wake)
+
+    def _spool_dropped(self, entry: SpoolEntry, reason: str) -> None:
+        log.warning("camera %d: dropped a %s of %.0f s from the spool without uploading it: %s",
+                    entry.camera_id, entry.kind, entry.duration, reason)
+
+    def _send_recording(self, report: dict[str, Any]) -> None:
+        ws = self._ws
+        if ws is not None and not ws.closed and self._loop is not None:
+            self._loop.create_task(self._send_quietly(ws, report))
+
+    @staticmethod
+    async def _send_quietly(ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+            await ws.send_json(message)
+
     def _stop_sources(self) -> None:
+        self.recordings.close("the agent is stopping")
         for camera_id in list(self.pushes):
             self._end_push(camera_id, "the agent is stopping")
         for source in self.sources.values():

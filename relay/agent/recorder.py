@@ -122,6 +122,7 @@ class Recorder:
         self._gops: deque[list[_Rec]] = deque()  # whole GOPs, newest last
         self._gop: list[_Rec] | None = None  # the GOP being demuxed; None: too big to keep
         self._kept = 0  # bytes in _gops and _gop
+        self._stopped: tuple[float, str] | None = None  # when and why the last slice stopped
 
     # State
 
@@ -213,6 +214,7 @@ class Recorder:
             if self._slice is not None:
                 log.info("camera %d: recording stops (%s)", self.camera_id, reason)
                 self._end_slice()
+                self._stopped = (time.monotonic(), reason)
             self._drop_overlap()
             for track in self._tracks.values():
                 track.stream = None
@@ -333,6 +335,11 @@ class Recorder:
         origin["v"] = first.dts
         self._slice = _Slice(part, out, streams, origin, float(origin_s), first.arrived,
                              errors=self._errors)
+        if self._stopped is not None:  # the source came back: say how much is missing
+            since, reason = self._stopped
+            log.warning("camera %d: recording again after a gap of %.1f s (%s)", self.camera_id,
+                        time.monotonic() - since, reason)
+            self._stopped = None
         for gop in overlap:
             for old in gop:
                 if not self._write(old):

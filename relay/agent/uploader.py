@@ -259,10 +259,10 @@ class Uploader:
         declaring again says so)."""
         status, body = await self._call("POST", f"{self.url}/{entry.upload_id}/commit")
         if status == 200 and body.get("state") == "committed":
-            log.info("camera %d: upload %s committed as %s", entry.camera_id,
+            log.info("camera %d: upload %s committed as %s (%d bytes, sha256 %s)", entry.camera_id,
                      label(entry.upload_id),
                      f"record {body.get('record_id')}" if entry.kind == "record"
-                     else f"snapshot {body.get('image_id')}")
+                     else f"snapshot {body.get('image_id')}", entry.size, entry.sha256)
             raise Done("committed")
         if status == 422:
             count = self._checksum_refusals[entry.upload_id] = (
