@@ -275,6 +275,8 @@ class RtspServer:
             await connection.serve()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass  # the client went away
+        except asyncio.CancelledError:
+            pass  # stop(): ends normally (asyncio 3.11 logs a handler task that ends cancelled)
         finally:
             await connection.close()
             self._tasks.discard(task)

@@ -16,6 +16,9 @@ import base64
 import datetime as dt
 import io
 import json
+import socket
+import struct
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -125,6 +128,102 @@ def test_the_rtsp_server_refuses_wrong_credentials_and_transports(camera_server:
                 timeout=(5, 10))
     assert camera_server.auth_failures >= 1
     eventually(lambda: camera_server.connections("sub") == 0, timeout=5)
+
+
+class RawClient:
+    """RTSP by hand over one TCP connection: requests, responses and interleaved RTP."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buffer = b""
+        self.cseq = 0
+
+    def read(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            chunk = self.sock.recv(65536)
+            assert chunk, "the server closed the connection"
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def request(self, method: str, url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+        self.cseq += 1
+        lines = [f"{method} {url} RTSP/1.0", f"CSeq: {self.cseq}",
+                 *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items())]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        while True:
+            if self.read(1) == b"$":  # RTP sent before the answer
+                self.read(struct.unpack("!xH", self.read(3))[0])
+                continue
+            while b"\r\n\r\n" not in self.buffer:
+                self.buffer += self.sock.recv(65536)
+            head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            lines = ("R" + head.decode()).split("\r\n")
+            found = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+            assert found["cseq"] == str(self.cseq)
+            return int(lines[0].split()[1]), found, self.read(int(found.get("content-length", 0)))
+
+    def rtp(self) -> tuple[int, int, bool, bytes]:
+        """The next interleaved packet: channel, payload type, marker, payload."""
+        assert self.read(1) == b"$"
+        channel, size = struct.unpack("!BH", self.read(3))
+        packet = self.read(size)
+        assert packet[0] >> 6 == 2, "RTP version 2"
+        return channel, packet[1] & 0x7F, bool(packet[1] & 0x80), packet[12:]
+
+
+def test_the_rtsp_server_speaks_rtsp_and_rfc_6184(camera_server: RtspServer):
+    url = camera_server.url("main")
+    client = RawClient(camera_server.port)
+    status, headers, _ = client.request("OPTIONS", url)
+    assert status == 200 and "GET_PARAMETER" in headers["public"]
+    assert client.request("DESCRIBE", url)[0] == 401
+    auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    status, headers, sdp = client.request("DESCRIBE", url, Authorization=auth, Accept="application/sdp")
+    assert status == 200 and headers["content-type"] == "application/sdp"
+    assert b"packetization-mode=1" in sdp and b"sprop-parameter-sets=" in sdp
+    track = headers["content-base"] + "trackID=0"
+    assert client.request("SETUP", track, Authorization=auth,
+                          Transport="RTP/AVP;unicast;client_port=5000-5001")[0] == 461
+    status, headers, _ = client.request("SETUP", track, Authorization=auth,
+                                        Transport="RTP/AVP/TCP;unicast;interleaved=0-1")
+    assert status == 200 and "interleaved=0-1" in headers["transport"]
+    session = headers["session"].split(";")[0]
+    assert client.request("GET_PARAMETER", url, Authorization=auth, Session=session)[0] == 200
+    assert client.request("PLAY", url, Authorization=auth, Session=session)[0] == 200
+    # SPS, PPS, then the IDR: a 1280x720 keyframe is too big for one packet, so FU-A from S to E.
+    packets = [client.rtp()]
+    while not packets[-1][2] and len(packets) < 5000:  # to the end of the first access unit
+        packets.append(client.rtp())
+    assert {(channel, kind) for channel, kind, _, _ in packets} == {(0, 96)}
+    kinds = [payload[0] & 0x1F for _, _, _, payload in packets]
+    first = kinds.index(28)
+    assert kinds[:2] == [7, 8] and set(kinds[2:first]) <= {6}, kinds  # (x264 writes an SEI)
+    assert packets[first][3][1] == 0x80 | 5, "an FU-A start of an IDR slice"
+    assert all(len(payload) <= 1400 for _, _, _, payload in packets)
+    inside = False  # every FU-A run goes start, middles, end; the access unit's last packet marked
+    for _, _, _, payload in packets[first:]:
+        if payload[0] & 0x1F == 28:
+            assert bool(payload[1] & 0x80) != inside and payload[1] & 0x1F == 5
+            inside = not payload[1] & 0x40
+    assert packets[-1][2] and not inside, "the keyframe's last packet ends a NAL unit, marked"
+    assert camera_server.playing("main") == 1
+    assert client.request("TEARDOWN", url, Session=session)[0] == 200
+    eventually(lambda: camera_server.connections("main") == 0, timeout=5)
+    client.sock.close()
+
+
+def test_the_rtsp_server_stops_and_frees_its_port(videos: Videos):
+    threads = threading.active_count()
+    server = RtspServer({"sub": videos.sub}).start()
+    client = RawClient(server.port)
+    assert client.request("DESCRIBE", server.url("sub"))[0] == 200
+    assert threading.active_count() == threads + 1
+    server.stop()
+    assert threading.active_count() == threads
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", server.port)) != 0, "still listening"
+    client.sock.close()
 
 
 # End to end: relay, agent, camera
