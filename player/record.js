@@ -30,7 +30,8 @@
   video.addEventListener("error", () => say("error", "无法播放录像 · cannot play this recording"));
 
   function start() {
-    // Autoplay with sound when the browser lets us, else muted (the controls unmute).
+    // Autoplay (the page asks for it too) with sound when the browser lets us, else muted (the
+    // controls unmute).
     video.play().catch((error) => {
       if (error.name !== "NotAllowedError") return;
       video.muted = true;
@@ -47,10 +48,12 @@
     if (body.poster && !video.poster) video.poster = body.poster;
     if (!video.getAttribute("src")) video.src = body.url;
     say("loading", (body.camera_name || "") + " · 加载中 · loading…");
-    if (video.error) {  // it failed before this script ran
+    // The page's autoplay may have started (or failed) before this script ran.
+    if (video.error) {
       say("error", "无法播放录像 · cannot play this recording");
       return;
     }
+    if (!video.paused && video.readyState > 2) say("playing", "播放中 · playing");
     start();
   }
 
