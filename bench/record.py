@@ -15,7 +15,8 @@ Each run is a fresh browser context (an empty HTTP cache) with a page of another
 the play_url in an iframe, as the tests' ``embed()`` does. In the iframe:
 
 * first frame: ``performance.now()`` at the first ``requestVideoFrameCallback`` (ms from the
-  iframe's navigation start: page, record.js, ``/info``, the MP4's index and first GOP, decode);
+  iframe's navigation start: the page, which names the MP4 in its ``<video autoplay>``, then the
+  MP4's index and first GOP, decode); also when its metadata loaded and ``playing`` fired;
 * seek: once playing, for each target (75 %, then 25 %, then 90 % of the duration, so two are
   beyond what the browser has buffered): ``pause()``, ``currentTime = target``, ms until
   ``requestVideoFrameCallback`` shows a frame, and whether the target was already buffered.
