@@ -107,12 +107,21 @@ async def test_messages_nested_too_deep_or_with_huge_numbers_are_refused_cleanly
         ws, _ = await welcomed(http, relay)
         await ws.send_json(report)
         assert await closed_with(ws) == 4002, report
+    for report in ({"type": "recording", "camera_id": 1, "recording": 2},
+                   {"type": "recording", "camera_id": 1, "recording": 1, "spool_bytes": 2**70},
+                   {"type": "recording", "camera_id": 1, "recording": 1, "spool_bytes": -1},
+                   {"type": "recording", "camera_id": 1, "recording": 1, "upload_error": [1]},
+                   {"type": "recording", "camera_id": 0, "recording": 1}):
+        ws, _ = await welcomed(http, relay)
+        await ws.send_json(report)
+        assert await closed_with(ws) == 4002, report
     ws, _ = await welcomed(http, relay)
     await ws.send_str('{"type": "status", "camera_id": ' + "[" * 100_000 + "]" * 100_000 + "}")
     assert await closed_with(ws) == 4002
     log = relay.log()
     assert "Traceback" not in log and "Error" not in log, log[-3000:]
     assert log.count("malformed status report") == 4 and "nested too deep" in log
+    assert log.count("malformed recording report") == 5
 
 
 async def test_no_hello_in_time(relay: Relay, http):

@@ -106,6 +106,7 @@ async def test_both_url_forms_are_equivalent(api):
     assert by_query == by_path == {
         "err_code": 0, "err_msg": "OK", "camera_id": camera_id, "status": 0,
         "recording": 0, "spool_bytes": 0, "upload_error": "",
+        "record_error": "",
     }
     # The token itself travels in the path, and values with '/' survive percent-encoding.
     added = await api.call_path(

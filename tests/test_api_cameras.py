@@ -121,7 +121,7 @@ async def test_status_start_and_stop(api):
     status = await api.call("get_camera_status", camera_id=camera_id)
     # An offline gatherer's camera records nothing as far as the relay knows.
     assert status == {"err_code": 0, "err_msg": "OK", "camera_id": camera_id, "status": 0,
-                      "recording": 0, "spool_bytes": 0, "upload_error": ""}
+                      "recording": 0, "spool_bytes": 0, "upload_error": "", "record_error": ""}
     assert await api.services.catalogue.cameras.set_statuses(
         [(gather_id, camera_id, 1), (gather_id + 1, camera_id, 0)]) == [True, False]
     assert (await api.call("get_camera_status", camera_id=camera_id))["status"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from relay.agent.schedule import current_course, seconds_to_change, zone_of
+from relay.agent.schedule import current_course, seconds_to_change, starts_within, zone_of
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -63,3 +63,12 @@ def test_malformed_courses_are_ignored():
     bad = [{"week_id": "x", "start_sec": 0, "elapse_sec": 10}, {"week_id": 3}, LESSON]
     assert current_course(bad, at("2026-12-02 08:00:01"), SHANGHAI) == LESSON
     assert seconds_to_change(bad, at("2026-12-02 07:59:59"), SHANGHAI) > 0
+
+
+def test_a_course_starting_soon_is_seen_ahead_even_past_midnight():
+    assert starts_within([LESSON], at("2026-12-02 07:59:51"), 10, SHANGHAI)
+    assert not starts_within([LESSON], at("2026-12-02 07:59:40"), 10, SHANGHAI)
+    assert not starts_within([LESSON], at("2026-12-02 08:00:01"), 10, SHANGHAI)  # already on
+    thursday_midnight = {**LESSON, "week_id": 4, "start_sec": 2}
+    assert starts_within([thursday_midnight], at("2026-12-02 23:59:55"), 10, SHANGHAI)
+    assert not starts_within([thursday_midnight], at("2026-12-02 23:59:40"), 10, SHANGHAI)

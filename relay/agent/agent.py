@@ -111,7 +111,7 @@ class Agent:
                            on_ready=self._spool_ready, on_drop=self._spool_dropped)
         self.uploader: Uploader | None = None
         self.recordings = Recordings(self.state, config, self.spool, lambda: self.sources,
-                                     self._upload_error, lambda *_: None)
+                                     self._upload_error)
 
     # Running
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import AgentConfig
 from .recorder import Recorder, SlicePolicy
-from .schedule import current_course, seconds_to_change, zone_of
+from .schedule import current_course, seconds_to_change, starts_within, zone_of
 from .snapshots import SnapshotTaker
 from .sources import CameraSource, SourceError, source_url
 from .spool import Spool
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 REPORT_EVERY = 2.0
 TICK = 1.0
+#: An IP camera's main stream opens this long before its course, so that the recording starts
+#: with the GOP the source caches (opening and probing an RTSP stream takes a second or more, and
+#: a camera's first keyframe may be a GOP away).
+MAIN_LEAD = 10.0
 
 #: ``send(report)``: a ``recording`` message for the relay (dropped while no link is up).
 Send = Callable[[dict[str, Any]], None]
@@ -41,16 +45,16 @@ Send = Callable[[dict[str, Any]], None]
 class Recordings:
     def __init__(self, state: DesiredState, config: AgentConfig, spool: Spool,
                  live_sources: Callable[[], dict[int, CameraSource]],
-                 upload_errors: Callable[[int], str], report_source: Any) -> None:
+                 upload_errors: Callable[[int], str]) -> None:
         self._state = state
         self._config = config
         self._spool = spool
         self._live_sources = live_sources
         self._upload_errors = upload_errors
-        self._report_source = report_source  # CameraSource's report callback, for main streams
         self.recorders: dict[int, Recorder] = {}
         self._recorder_sources: dict[int, CameraSource] = {}
         self._main_sources: dict[int, CameraSource] = {}  # mode 0 only
+        self._main_errors: dict[int, str] = {}  # why a main stream failed, by camera
         self._snapshots: dict[int, tuple[SnapshotTaker, CameraSource]] = {}
         self._reported: dict[int, dict[str, Any]] = {}
         self._last_report = 0.0
@@ -86,14 +90,22 @@ class Recordings:
         for camera_id in list(self.recorders):
             if camera_id not in self._state.cameras:
                 self._stop(camera_id, "camera deleted")
+        for camera_id in list(self._main_sources):
+            camera = self._state.cameras.get(camera_id)
+            if camera is None or camera["stream_prop"] != 0:
+                self._close_main(camera_id)
         for camera_id, camera in self._state.cameras.items():
-            course = (current_course(self._state.courses.get(camera_id, []), now, zone)
-                      if camera["started"] else None)
+            courses = self._state.courses.get(camera_id, [])
+            course = current_course(courses, now, zone) if camera["started"] else None
             if course is None:
                 if camera_id in self.recorders:
                     self._stop(camera_id, "camera stopped" if not camera["started"]
                                else "the course window ended")
-                self._close_main(camera_id)
+                if camera["started"] and camera["stream_prop"] == 0 and starts_within(
+                        courses, now, MAIN_LEAD, zone):
+                    self._record_source(camera_id, camera)  # open it before the course starts
+                else:
+                    self._close_main(camera_id)
                 continue
             source = self._record_source(camera_id, camera)
             recorder = self.recorders.get(camera_id)
@@ -127,14 +139,24 @@ class Recordings:
             self._close_main(camera_id)
             source = None
         if source is None:
-            source = CameraSource(camera_id, url, False, self._report_source,
-                                  lambda: True, name=f"camera-{camera_id}-main")
+            source = CameraSource(camera_id, url, False, self._main_report, lambda: True,
+                                  name=f"camera-{camera_id}-main")
             self._main_sources[camera_id] = source
             source.start()
         return source
 
+    def _main_report(self, source: CameraSource, status: int, err_msg: str) -> None:
+        """A main stream opened or failed (from its thread): the failure goes in the camera's
+        recording report (the camera's status is its live stream's)."""
+        if self._main_sources.get(source.camera_id) is source:
+            if status:
+                self._main_errors.pop(source.camera_id, None)
+            else:
+                self._main_errors[source.camera_id] = f"main stream: {err_msg}"
+
     def _close_main(self, camera_id: int) -> None:
         source = self._main_sources.pop(camera_id, None)
+        self._main_errors.pop(camera_id, None)
         if source is not None:
             source.stop()
 
@@ -188,10 +210,12 @@ class Recordings:
         self._last_report = now
         for camera_id in self._state.cameras:
             recorder = self.recorders.get(camera_id)
+            record_error = self._main_errors.get(camera_id) or (
+                recorder.last_error if recorder is not None else "")
             report = {"recording": int(recorder is not None and recorder.recording),
                       "spool_bytes": self._spool.bytes_used(camera_id),
-                      "upload_error": self._upload_errors(camera_id)
-                      or (recorder.last_error if recorder is not None else "")}
+                      "upload_error": self._upload_errors(camera_id),
+                      "record_error": record_error}
             if self._reported.get(camera_id) != report:
                 self._reported[camera_id] = report
                 send({"type": "recording", "camera_id": camera_id, **report})

@@ -72,3 +72,19 @@ def seconds_to_change(courses: Sequence[dict[str, Any]], now: float, zone: dt.tz
             if edge > second:
                 best = min(best, edge - second - fraction)
     return max(0.1, best)
+
+
+def starts_within(courses: Sequence[dict[str, Any]], now: float, lead: float,
+                  zone: dt.tzinfo | None) -> bool:
+    """Some course's window opens within ``lead`` seconds of ``now`` (to open a stream early)."""
+    first, last = _local(now, zone), _local(now + lead, zone)
+    spans = ([(first[0], first[1], last[1])] if first[0] == last[0]
+             else [(first[0], first[1], DAY), (last[0], 0, last[1])])  # past midnight
+    for course in courses:
+        try:
+            week_id, start = int(course["week_id"]), int(course["start_sec"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if any(week_id == day and begin <= start <= end for day, begin, end in spans):
+            return True
+    return False

@@ -253,6 +253,8 @@ class CameraSource:
                 while not self._stop.is_set():
                     self._pace(container, [stream, *audio], pipeline)
                     self._emit(pipeline.end_pass())
+                    if self._stop.is_set():
+                        break  # stopped on purpose: not a failure
                     if not self.is_file:
                         raise SourceError("the stream ended")
                     container.seek(0)

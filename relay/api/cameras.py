@@ -153,7 +153,8 @@ async def get_camera_status(call: Call) -> dict[str, Any]:
     report = call.services.hub.recording(row["gather_id"], row["camera_id"]) or {}
     return {"camera_id": row["camera_id"], "status": row["status"],
             "recording": report.get("recording", 0), "spool_bytes": report.get("spool_bytes", 0),
-            "upload_error": report.get("upload_error", "")}
+            "upload_error": report.get("upload_error", ""),
+            "record_error": report.get("record_error", "")}
 
 
 async def _set_started(call: Call, started: int) -> dict[str, Any]:

@@ -325,7 +325,10 @@ OPERATIONS: dict[str, Operation] = {
          "spool_bytes": {"type": "integer", "minimum": 0, "description":
                          "Extension: bytes of its recordings waiting on the gatherer for upload."},
          "upload_error": {"type": "string", "description":
-                          "Extension: why its last upload failed (\"\" when it went through)."}},
+                          "Extension: why its last upload failed (\"\" when it went through)."},
+         "record_error": {"type": "string", "description":
+                          "Extension: why recording it failed last (a main stream that does not "
+                          "open, a full disk; \"\" when it records)."}},
         required=("camera_id",), errors=_ID_ERRORS, example={"camera_id": "1"},
     ),
     "start_camera": Operation(

@@ -131,14 +131,16 @@ MAX_SPOOL_BYTES = 2**53
 
 def recording(message: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """``(camera_id, report)`` of a recording report: recording or not, the spool's bytes for
-    that camera, the last upload error ("" when the last upload went through)."""
+    that camera, the last upload error and the last recording error ("" when all is well)."""
     camera_id, active = message.get("camera_id"), message.get("recording")
-    spool_bytes, error = message.get("spool_bytes", 0), message.get("upload_error") or ""
+    spool_bytes = message.get("spool_bytes", 0)
+    errors = {key: message.get(key) or "" for key in ("upload_error", "record_error")}
     if (not is_id(camera_id) or type(active) is not int or active not in (0, 1)
             or type(spool_bytes) is not int or not 0 <= spool_bytes <= MAX_SPOOL_BYTES
-            or not isinstance(error, str)):
+            or not all(isinstance(error, str) for error in errors.values())):
         raise Refused("malformed recording report")
-    return camera_id, {"recording": active, "spool_bytes": spool_bytes, "upload_error": error[:500]}
+    return camera_id, {"recording": active, "spool_bytes": spool_bytes,
+                       **{key: error[:500] for key, error in errors.items()}}
 
 
 def _shallow(value: Any, depth: int) -> bool:

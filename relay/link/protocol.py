@@ -13,8 +13,8 @@ Every message is one JSON object in a WebSocket text frame.
 * agent → relay: ``{"type": "status", "camera_id", "status": 0|1, "err_msg"}`` whenever a camera's
   source opens or fails, and for every camera after each welcome.
 * agent → relay: ``{"type": "recording", "camera_id", "recording": 0|1, "spool_bytes",
-  "upload_error"}`` when a camera's recording starts or stops, and when its spool or last upload
-  error changes (at most every few seconds); ``get_camera_status`` shows the last one.
+  "upload_error", "record_error"}`` when a camera's recording starts or stops, and when its spool
+  or an error changes (at most every few seconds); ``get_camera_status`` shows the last one.
 * The welcome's state also names the zone course times are in (``zone``, ``utc_offset``).
 
 Live video travels apart from commands, on its own WebSocket per push:
