@@ -418,3 +418,40 @@ def test_an_rtsp_camera_records_its_one_stream(system: System, open_server: Rtsp
     assert video_size(download(system.storage() + row["file_fdfs"])) == (640, 360)
     assert 2 <= row["duration"] <= 7, row
     assert open_server.connections_ever("sub") == 1 and system.status(camera_id)["status"] == 1
+
+
+def test_a_source_that_fails_mid_recording_finishes_its_slice_and_records_again_when_back(
+        system: System, videos: Videos):
+    client = system.client
+    client.call("mod_gather", gather_id=system.gather_id, slice_val=0, inter_val=0, snap_val=30,
+                auto_dvr=1)
+    server = RtspServer({"sub": videos.sub}).start()
+    port = server.port
+    try:
+        answer = client.call("add_camera", camera_name="yard", gather_id=system.gather_id,
+                             stream_prop=2, stream_url=server.url("sub"))
+        camera_id = answer["camera_id"]
+        eventually(lambda: system.status(camera_id)["status"] == 1, timeout=20)
+        course_id = client.call("add_course", **course_now(system, camera_id, 120))["course_id"]
+        eventually(lambda: system.status(camera_id)["recording"] == 1, timeout=20)
+        time.sleep(3)
+        server.stop()  # the camera goes away mid-recording: the slice so far is finished
+        [first] = eventually(lambda: client.records(camera_id), timeout=30)
+        assert 2 <= first["duration"] <= 6, first
+        eventually(lambda: system.status(camera_id)["status"] == 0, timeout=20)
+        server = RtspServer({"sub": videos.sub}, port=port).start()  # back, on the same address
+        eventually(lambda: system.status(camera_id)["status"] == 1, timeout=30)
+        eventually(lambda: "recording again after a gap of" in system.agent.log(), timeout=20)
+        time.sleep(3)
+        client.call("del_course", course_id=course_id)
+        rows = eventually(lambda: len(rows := client.records(camera_id)) == 2 and rows, timeout=30)
+        assert rows[1]["start_time"] > first["end_time"] and rows[1]["duration"] >= 2
+        assert video_size(download(system.storage() + rows[1]["file_fdfs"])) == (640, 360)
+    finally:
+        server.stop()
+
+
+def course_now(system: System, camera_id: int, seconds: int) -> dict[str, Any]:
+    start = dt.datetime.now(system.zone) + dt.timedelta(seconds=1)
+    return {"camera_id": camera_id, "week_id": start.isoweekday() % 7,
+            "start_time": start.strftime("%H:%M:%S"), "elapse_sec": seconds}
