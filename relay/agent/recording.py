@@ -119,9 +119,10 @@ class Recordings:
                 self.recorders[camera_id] = recorder
                 self._recorder_sources[camera_id] = source
                 source.add_stream_tap(recorder)
-                log.info("camera %d: recording (course %s, %s-second slices, %d GOP overlap)",
-                         camera_id, course.get("course_id"), policy.slice_seconds or "whole",
-                         policy.overlap_gops)
+                slices = (f"{policy.slice_seconds:g}-second slices" if policy.slice_seconds
+                          else "one slice for the course")
+                log.info("camera %d: recording (course %s, %s, %d GOP overlap)", camera_id,
+                         course.get("course_id"), slices, policy.overlap_gops)
             else:
                 recorder.policy = policy
         self._reconcile_snapshots()
