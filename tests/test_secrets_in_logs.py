@@ -114,6 +114,10 @@ class Proxy:
                 if keep is not None and len(keep) < 8192:
                     keep.extend(data[:8192 - len(keep)])
                     self.openings[index] = bytes(keep)
+                elif keep is not None and data.startswith((b"GET ", b"POST ", b"PUT ")):
+                    # A later request on a kept-alive connection (the agent's uploads share the
+                    # HTTP client with its media sockets): keep its head too.
+                    self.openings.append(data[:8192])
                 sink.sendall(data)
         except OSError:
             pass
