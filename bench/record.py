@@ -24,6 +24,29 @@ the play_url in an iframe, as the tests' ``embed()`` does. In the iframe:
 One discarded warm-up run first (Chromium's decoder start-up). Medians of ``--runs`` (>= 5). Goal:
 first frame and seek-to-frame <= 300 ms. Every process this starts is stopped by its PID and the
 temporary dir removed on the way out, failures and Ctrl-C included.
+
+Part "agent" (``--part agent``; ``--part all`` runs every part): the agent's CPU per recorded camera,
+stream copy. A real ``relay serve --timezone UTC`` and a real ``relay agent`` (``minute_length``
+``--minute-length``, 10 s) linked to it; the gatherer's ``slice_val`` 1 (a slice every 10 s, so
+slices are cut, remuxed and uploaded during every window), ``inter_val`` 0, ``snap_val`` 1440 (the
+one snapshot a camera takes when it starts falls before the windows). For each video (``--sizes``:
+640x360 at 1 Mbit/s, 1920x1080 at 4 Mbit/s, PyAV-made like the demo camera's, looped) and camera
+count (``--cameras`` 1,4,16, mode-1 cameras added through the API): baseline windows with every
+camera started and no course (its source open and paced, nothing recorded), then a course opening
+now (UTC) on every camera and the same windows while they record. ``--windows`` windows of
+``--window`` seconds each (3 of 20 s), medians; CPU is utime+stime of the agent process (all
+threads) from /proc. The uploads of the slices run in the agent too and are counted: that is the
+real cost of recording. Printed: both figures, their ratio, (recording - baseline) / cameras
+against the goal (<= 1 % of a core per camera), the relay's CPU, the slices committed in the
+windows and the load average.
+
+Part "upload" (``--part upload``): loopback throughput of one ``--upload-mb`` (200 MiB) file. The
+agent's real ``Uploader`` (relay/agent/uploader.py), driven from this process over a spool holding
+the file as a finished entry, against a real ``relay serve`` (declare, 4 MiB PUTs, commit), timed
+until it removed its copy; against ``curl -T`` of the same file to a bare aiohttp PUT handler (its
+own process) that writes the body to disk, with an fsync (the relay fsyncs at the commit) and
+without. ``--upload-runs`` (5) of each, alternating, ``sync`` before each; medians; goal: the
+uploader >= 0.8x curl.
 """
 
 from __future__ import annotations
@@ -424,7 +447,7 @@ def measure_cameras(system: AgentSystem, size: str, cameras: list[int], args: ar
 def agent_part(args: argparse.Namespace, processes: Processes, tmp: Path) -> list[Phase]:
     tmp.mkdir()
     started = time.monotonic()
-    print(f"agent part: {platform.node()}, {os.cpu_count()} CPUs, load "
+    print(f"agent part: {' '.join(sys.argv)}; {platform.node()}, {os.cpu_count()} CPUs, load "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     system = start_agent_system(processes, tmp, args.minute_length)
     try:
@@ -491,7 +514,7 @@ def print_agent_table(args: argparse.Namespace, phases: list[Phase], rates: dict
         print(f"| {phase.size} | {phase.cameras} | {idle:.2f} | {rec:.2f} | "
               f"{rec / idle if idle else float('inf'):.2f} | {per:.3f} | "
               f"{'yes' if per <= CPU_GOAL else 'NO'} | "
-              f"{statistics.median(w.relay for w in phase.recording):.1f} | "
+              f"{statistics.median(w.relay for w in phase.recording):.2f} | "
               f"{phase.slices} ({phase.slice_bytes / 1e6:.1f}) | "
               f"{min(loads):.1f}-{max(loads):.1f} |")
 
@@ -684,9 +707,13 @@ async def upload_part(args: argparse.Namespace, processes: Processes, tmp: Path)
           f"spool reads and removal) {statistics.median(times['uploader']) - put - commit:.2f} s.")
 
 
+PARTS = ("agent", "upload", "vod")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", default="all", choices=("all", "agent", "upload", "vod"))
+    parser.add_argument("--part", default="vod",
+                        help="vod, agent, upload, or all; a comma list runs several")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--video", default="busy", choices=("busy", "demo"))
@@ -704,6 +731,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 5:
         parser.error("--runs: at least 5 (the figures are medians)")
+    args.part = set(PARTS) if args.part == "all" else set(args.part.split(","))
+    if not args.part <= set(PARTS):
+        parser.error(f"--part: of {', '.join(PARTS)} or all")
     args.sizes = args.sizes.split(",")
     args.cameras = [int(n) for n in args.cameras.split(",")]
     if not set(args.sizes) <= set(SIZES) or args.cameras != sorted(args.cameras):
@@ -714,11 +744,11 @@ def main() -> int:
     processes = Processes()
     tmp = Path(tempfile.mkdtemp(prefix="bench-record-"))
     try:
-        if args.part in ("all", "agent"):
+        if "agent" in args.part:
             agent_part(args, processes, tmp / "agent-part")
-        if args.part in ("all", "upload"):
+        if "upload" in args.part:
             asyncio.run(upload_part(args, processes, tmp / "upload-part"))
-        if args.part in ("all", "vod"):
+        if "vod" in args.part:
             asyncio.run(vod(args, processes, tmp))
     finally:
         processes.stop_all()
