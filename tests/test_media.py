@@ -61,6 +61,22 @@ def decode(datas: list[bytes]) -> list[av.VideoFrame]:
     return pictures + list(decoder.decode(None))
 
 
+def test_passthrough_keeps_the_sources_timing(demo):
+    """Once every pts was the last one plus a frame: the bitstream filter empties the packet it is
+    given, time base included, so the source's own timestamps were never read."""
+    with av.open(str(demo)) as container:
+        stream = container.streams.video[0]
+        clock = Clock90()
+        clock.new_pass(source_rate(stream))
+        passthrough = Passthrough(stream, clock)
+        packets = [packet for packet in container.demux(stream) if packet.size]
+        # A source that stalls: a second of frames never arrives.
+        kept = packets[:GOP] + packets[GOP + FPS:]
+        out = [frame for packet in kept for frame in passthrough.feed(packet, False)]
+    assert [frame.pts for frame in out[:GOP]] == [n * STEP for n in range(GOP)]
+    assert out[GOP].pts - out[GOP - 1].pts == (FPS + 1) * STEP, "the gap is kept, not hidden"
+
+
 def test_passthrough_makes_annexb_access_units_with_parameter_sets_on_every_idr(demo, frames):
     with av.open(str(demo)) as container:
         stream = container.streams.video[0]

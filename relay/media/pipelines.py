@@ -56,12 +56,15 @@ class Passthrough:
 
     def feed(self, packet: av.Packet, watched: bool) -> list[MediaFrame]:
         frames = []
+        # The filter empties the packet it is given: its time base must be read before.
+        time_base, source_pts = packet.time_base, packet.pts
         for out in self._filter.filter(packet):
             data = bytes(out)
             if data:
-                pts = out.pts if out.pts is not None else packet.pts
+                pts = out.pts if out.pts is not None else source_pts
                 data, keyframe = self._params.complete(data)
-                frames.append(MediaFrame(data, keyframe, self._clock.stamp(pts, packet.time_base)))
+                frames.append(MediaFrame(data, keyframe,
+                                         self._clock.stamp(pts, out.time_base or time_base)))
         return frames
 
     def end_pass(self) -> list[MediaFrame]:
