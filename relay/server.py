@@ -32,7 +32,6 @@ from .services import SERVICES, Services
 from .signing import Signer
 from .storage import Storage
 from .vod import setup_vod
-from .vod.retention import setup_retention
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,6 @@ def build_app(services: Services) -> web.Application:
     link_endpoint.add_routes(app)
     setup_live(app)
     setup_vod(app)
-    setup_retention(app)
     if services.settings.metrics_address is None:
         app.router.add_get("/metrics", services.metrics.handle)
 

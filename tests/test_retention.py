@@ -223,3 +223,26 @@ async def test_an_upload_that_does_not_fit_pushes_out_the_oldest(api, camera, ca
     assert await listed(api) == [ids[3], ids[2]]
     assert any("would not fit even with every recording deleted" in r.getMessage()
                for r in caplog.records)
+
+
+async def test_uploads_walk_at_most_every_few_seconds_and_a_commit_pass_runs_by_itself(api,
+                                                                                      camera):
+    first, _ = await record(api, camera, "first", api.clock.now - 100, poster=False)
+    configure(api, storage_quota=300 * KB, storage_min_free=0)
+    room = retention(api)
+    assert await room.free() == 200 * KB  # walked: 100 KB stored
+    api.store("records/by-hand.bin", b"\x00" * 150 * KB)  # not through an upload
+    assert await room.free() == 200 * KB  # the last walk is young: not walked again
+    room.wrote(10 * KB)  # what uploads write is counted meanwhile
+    assert room.free_bytes() == 190 * KB
+    assert await room.free(within=0) == 50 * KB  # a new walk sees the disk as it is
+    assert await listed(api) == [first]
+    configure(api, storage_min_free=100 * KB)
+    room.soon()  # what a commit calls: returns at once, the pass runs by itself
+    room.soon()
+    deadline = time.monotonic() + 5
+    while await listed(api) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert await listed(api) == []
+    assert deleted(await metrics(api), "space") == 1
+    assert room.free_bytes() == 150 * KB

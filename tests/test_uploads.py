@@ -341,6 +341,75 @@ async def test_a_full_store_answers_507_and_the_uploader_keeps_its_copy(site: Si
     assert entry.file.read_bytes() == VIDEO and len(site.records()) == 1
 
 
+
+def space_deletions(site: Site) -> float:
+    metrics = urllib.request.urlopen(site.base + "/metrics").read().decode()
+    [value] = [line.split()[-1] for line in metrics.splitlines()
+               if line.startswith('relay_recordings_deleted_total{reason="space"}')]
+    return float(value)
+
+
+def file_of(site: Site, fdfs: str) -> Path:
+    return site.relay.data / "files" / fdfs.removeprefix("/files/")
+
+
+# Room for two 300 kB recordings and a bit; nothing kept free, so only uploads make deletions.
+@pytest.mark.relay_args("--storage-quota", "700000", "--storage-min-free", "0")
+async def test_an_upload_that_does_not_fit_pushes_out_the_oldest_recordings(site: Site, http):
+    agent = Agent(http, site.base, site.key)
+    now = time.time()
+
+    def at(start: float, size: int = len(VIDEO)) -> tuple[dict[str, Any], bytes]:
+        data = secrets.token_bytes(size)
+        return manifest(site.camera_id, data, start_time=start, end_time=start + 60), data
+
+    # Ids out of start order: the second upload started first, so it is the oldest.
+    newer, older = at(now - 1000), at(now - 2000)
+    import base64
+    older[0]["poster"] = base64.b64encode(POSTER).decode()
+    kept = await agent.upload(*newer)
+    oldest = await agent.upload(*older)
+    [oldest_row] = [r for r in site.records() if r["record_id"] == oldest["record_id"]]
+    oldest_files = [file_of(site, oldest_row["file_fdfs"]), file_of(site, oldest_row["image_fdfs"])]
+    assert all(path.exists() for path in oldest_files) and space_deletions(site) == 0
+    # A third does not fit: declaring it deletes the earliest-started recording, row and files.
+    third = await agent.upload(*at(now - 500))
+    assert {r["record_id"] for r in site.records()} == {kept["record_id"], third["record_id"]}
+    assert not any(path.exists() for path in oldest_files)
+    assert site.db_rows(f"SELECT 1 FROM records WHERE record_id = {oldest['record_id']}") == []
+    assert space_deletions(site) == 1
+    # Two declared while there is room for one: the second's PUT makes the room it lacks.
+    (one, one_data), (two, two_data) = at(now - 300), at(now - 200)
+    assert (await agent.declare(one))[0] == 200  # deletes `kept`, the oldest now
+    assert (await agent.declare(two))[0] == 200
+    assert await agent.put(one["upload_id"], 0, one_data) == (200, {"offset": len(one_data)})
+    assert await agent.put(two["upload_id"], 0, two_data) == (200, {"offset": len(two_data)})
+    assert space_deletions(site) == 3  # `third` went for the second PUT
+    done = [(await agent.commit(f["upload_id"]))[1]["record_id"] for f in (one, two)]
+    assert [r["record_id"] for r in site.records()] == done[::-1]
+    stored = site.stored_files()
+    # One bigger than the whole quota is refused and deletes nothing.
+    huge = manifest(site.camera_id, size=800_000)
+    status, body = await agent.declare(huge)
+    assert status == 507 and "storage cannot hold 800000" in body["err_msg"]
+    assert [r["record_id"] for r in site.records()] == done[::-1]
+    assert site.stored_files() == stored and space_deletions(site) == 3
+    # A backlog recording older than every stored one still pushes out the oldest (a refusal
+    # would hold back the agent's whole queue, newest included).
+    backlog = await agent.upload(*at(now - 9000))
+    assert [r["record_id"] for r in site.records()] == [backlog["record_id"], done[1]]
+    assert space_deletions(site) == 4
+    with urllib.request.urlopen(site.base + "/healthz", timeout=10) as answer:
+        assert answer.status == 200
+    assert site.api("list_camera", cur=1, per=10)["err_code"] == 0
+    log = stop_relay(site.relay)
+    deletions = [line for line in log.splitlines() if "retention: deleted record" in line]
+    assert len(deletions) == 4 and all(" WARNING " in line and "(space)" in line
+                                       for line in deletions)
+    assert f"deleted record {oldest['record_id']} of camera {site.camera_id}" in deletions[0]
+    assert "would not fit even with every recording deleted" in log
+    assert "Traceback" not in log
+
 async def test_a_committed_snapshot_replaces_the_cameras_older_one(site: Site, http):
     agent = Agent(http, site.base, site.key)
     first, second = POSTER + b"1", POSTER + b"22"

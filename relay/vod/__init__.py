@@ -1,7 +1,8 @@
-"""Recordings on the relay: uploads from agents (``uploads``), how much room stored files have
-(``space``), retention, and the VOD page's API.
+"""Recordings on the relay: uploads from agents (``uploads``), retention (``retention``: what is
+kept, and the one rule for room on the storage), and the VOD page's API.
 
-``setup_vod(app)`` adds the routes of this room; docs/RECORDING.md is the contract with the agent.
+``setup_vod(app)`` adds this room's routes and its retention passes (``app[RETENTION]``), retention
+first because uploads ask it for room; docs/RECORDING.md is the contract with the agent.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import uploads
+from .retention import setup_retention
 
 
 def setup_vod(app: web.Application) -> None:
-    uploads.add_routes(app)
+    uploads.add_routes(app, setup_retention(app))

@@ -7,6 +7,10 @@ recomputed from the file, fsync, rename to the stored name picked at declaration
 one transaction. Every step can be repeated: a commit interrupted after its rename finds the stored
 file and finishes; a repeated commit answers what the first one did.
 
+Room is retention's rule (retention.py, ``app[RETENTION]``): an upload that does not fit asks it to
+delete the oldest recordings first (``sweep(needed)``), and is refused with 507 only when it still
+does not fit; what it writes is counted there (``wrote``), and a commit schedules a pass (``soon``).
+
 The upload id is the agent's idempotency key and lets whoever holds it write: logs name an upload by
 ``upload_label`` only, and temporary files by a digest of key and id.
 """
@@ -37,7 +41,7 @@ from aiohttp import web
 from ..catalogue import AgentKey, NotFound, UploadConflict
 from ..link.endpoint import agent_key
 from ..services import SERVICES, Services
-from .space import Room
+from .retention import MEASURE_EVERY, Retention
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +168,11 @@ class _Upload:
 class UploadService:
     """The three requests of the protocol, and finishing interrupted commits at start."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, retention: Retention) -> None:
         self._services = services
         self.root = services.settings.data / "uploads"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.room = Room(services.settings, services.storage.root, self.root)
+        self._retention = retention
         self._locks: weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock] = (
             weakref.WeakValueDictionary())
 
@@ -220,13 +224,20 @@ class UploadService:
         raise Refusal(403, "this camera does not belong to this agent key", "not_yours")
 
     async def _check_room(self, needed: int, held: int) -> None:
-        room, minimum = await self.room.check()
+        """Room for ``needed`` more bytes, the oldest recordings deleted for it if need be;
+        ``Refusal`` 507 when even that leaves too little (then nothing was deleted for it)."""
+        retention = self._retention
+        if needed <= 0 or await retention.free() - needed >= retention.min_free():
+            return
+        await retention.sweep(needed, within=MEASURE_EVERY)
+        room, minimum = retention.free_bytes(), retention.min_free()
         if room - needed < minimum:
             log.warning("refused an upload of %d more bytes: %d bytes free for stored files, "
-                        "%d must stay free", needed, room, minimum)
-            raise Refusal(507, f"the relay's storage cannot hold {needed} more bytes "
-                               f"({room} free, {minimum} kept free); retry later", "disk_full",
-                          offset=held)
+                        "%d must stay free, even with the oldest recordings deleted", needed,
+                        room, minimum)
+            raise Refusal(507, f"the relay's storage cannot hold {needed} more bytes, even with "
+                               f"its oldest recordings deleted ({room} free, {minimum} kept "
+                               "free); retry later", "disk_full", offset=held)
 
     @staticmethod
     def _check_id(upload_id: str) -> None:
@@ -305,6 +316,7 @@ class UploadService:
                       ) -> dict[str, Any]:
         """Stream the body onto the temporary file; never more than ``limit`` bytes."""
         written = 0
+        full = False
         file = open(upload.temp, "ab")  # noqa: SIM115 (closed in finally, around awaits)
         try:
             async for chunk in request.content.iter_any():
@@ -318,15 +330,19 @@ class UploadService:
                 except OSError as exc:
                     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                         raise
-                    file.flush()
-                    raise Refusal(507, "the relay's disk is full; retry later", "disk_full",
-                                  offset=_size(upload.temp)) from None
+                    full = True
+                    break
                 written += len(chunk)
         finally:
             with contextlib.suppress(OSError):
                 file.close()  # what reached the file stays: the next PUT resumes after it
             self._services.metrics.upload_bytes.inc(written)
-            self.room.wrote(written)
+            self._retention.wrote(written)
+        if full:  # the disk itself (not the quota): make room for the rest, then say so
+            offset = _size(upload.temp)
+            await self._retention.sweep(upload.row["size"] - offset, within=MEASURE_EVERY)
+            raise Refusal(507, "the relay's disk is full; retry later", "disk_full",
+                          offset=offset)
         return {"offset": held + written}
 
     async def commit(self, key: AgentKey, upload_id: str) -> dict[str, Any]:
@@ -392,6 +408,7 @@ class UploadService:
         if done.removed_files:
             self._services.storage.remove(done.removed_files)
         committed = done.upload
+        self._retention.soon()
         if committed["kind"] == "record":
             self._services.metrics.recordings_uploaded.inc()
             log.info("camera %d: record %d stored (%d bytes, %d s) from upload %s",
@@ -500,8 +517,8 @@ async def commit_upload(request: web.Request) -> web.Response:
         return _answer(request, refusal)
 
 
-def add_routes(app: web.Application) -> UploadService:
-    service = UploadService(app[SERVICES])
+def add_routes(app: web.Application, retention: Retention) -> UploadService:
+    service = UploadService(app[SERVICES], retention)
     app[UPLOADS] = service
     app.router.add_post("/agent/uploads", declare_upload)
     app.router.add_put("/agent/uploads/{upload_id}", put_upload)
