@@ -295,3 +295,21 @@ def test_a_killed_agents_partial_slice_arrives_after_its_restart(system: System)
     eventually(lambda: system.status(camera_id)["recording"] == 1, timeout=20)
     client.call("del_course", course_id=course_id)
     eventually(lambda: len(client.records(camera_id)) == 2, timeout=30)
+
+
+def test_an_agent_stopped_mid_slice_finishes_it_before_it_exits(system: System):
+    client = system.client
+    client.call("mod_gather", gather_id=system.gather_id, slice_val=30, inter_val=0, snap_val=30)
+    camera_id = system.camera()
+    system.course(camera_id, starts_in=1, seconds=600)
+    eventually(lambda: system.status(camera_id)["recording"] == 1, timeout=20)
+    time.sleep(3)
+    stop_relay(system.relay)  # nowhere to upload to: the slice stays in the spool
+    stop_agent(system.agent)  # SIGTERM
+    assert system.agent.process.returncode == 0
+    spool = system.tmp / "agent" / "spool"
+    assert not list(spool.glob("*.part.mp4")), "the agent left its slice unfinished"
+    [manifest] = [m for m in spool.glob("*.json") if json.loads(m.read_text())["kind"] == "record"]
+    entry = json.loads(manifest.read_text())
+    assert entry["duration"] >= 2 and (spool / entry["file"]).stat().st_size == entry["size"]
+    assert "finished at the next start" not in system.agent.log()

@@ -37,6 +37,8 @@ TICK = 1.0
 #: with the GOP the source caches (opening and probing an RTSP stream takes a second or more, and
 #: a camera's first keyframe may be a GOP away).
 MAIN_LEAD = 10.0
+#: How long the agent waits, when it stops, for its last slices to be finished.
+FINISH_WITHIN = 10.0
 
 #: ``send(report)``: a ``recording`` message for the relay (dropped while no link is up).
 Send = Callable[[dict[str, Any]], None]
@@ -227,9 +229,17 @@ class Recordings:
         self._last_report = 0.0
         self._wake.set()
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, finish_within: float = FINISH_WITHIN) -> None:
+        """Stop every tap; wait up to ``finish_within`` seconds for the last slices to be finished
+        (remuxed, in the spool): one not finished by then is a part the next start finishes."""
+        recorders = list(self.recorders.values())
         for camera_id in list(self.recorders):
             self._stop(camera_id, reason)
+        deadline = time.monotonic() + finish_within
+        for recorder in recorders:
+            if not recorder.join(max(0.0, deadline - time.monotonic())):
+                log.warning("camera %d: its last slice is finished at the next start",
+                            recorder.camera_id)
         for taker, source in self._snapshots.values():
             source.remove_stream_tap(taker, reason)
         self._snapshots.clear()
