@@ -167,6 +167,12 @@ async def download(http: aiohttp.ClientSession, site: Site, fdfs: str) -> bytes:
         return await response.read()
 
 
+def bytes_read(relay: RelayProcess) -> int:
+    """What the relay process (all its threads) has read so far: files, sockets, its database."""
+    with open(f"/proc/{relay.process.pid}/io") as io:
+        return int(next(line for line in io if line.startswith("rchar:")).split()[1])
+
+
 async def test_a_whole_upload_commits_into_one_record_whose_file_downloads(site: Site, http):
     agent = Agent(http, site.base, site.key)
     fields = manifest(site.camera_id)
@@ -196,6 +202,7 @@ async def test_a_whole_upload_commits_into_one_record_whose_file_downloads(site:
     assert f"relay_upload_bytes_total {float(len(VIDEO))}" in metrics
     log = stop_relay(site.relay)
     assert f"record {answer['record_id']} stored ({len(VIDEO)} bytes, 60 s)" in log
+    assert "sha256 kept while receiving" in log and "read back" not in log
     assert fields["upload_id"] not in log and site.key not in log
 
 
@@ -217,6 +224,28 @@ async def test_an_upload_resumes_from_the_offset_the_relay_holds(site: Site, htt
     assert status == 200 and answer["state"] == "committed"
     [record] = site.records()
     assert await download(http, site, record["file_fdfs"]) == VIDEO
+    # The sha256 was kept across the PUTs (the refused ones changed nothing).
+    assert "sha256 kept while receiving" in stop_relay(site.relay)
+
+
+async def test_a_normal_commit_does_not_read_its_file_again(site: Site, http):
+    """The sha256 is computed as the PUTs write: the commit of 6 MB reads (files, sockets and
+    database together, as the kernel counts them for the relay's process) far less than 6 MB."""
+    data = secrets.token_bytes(6 << 20)
+    agent = Agent(http, site.base, site.key)
+    fields = manifest(site.camera_id, data)
+    await agent.declare(fields)
+    for offset in range(0, len(data), 2 << 20):
+        chunk = data[offset:offset + (2 << 20)]
+        assert await agent.put(fields["upload_id"], offset, chunk) == (
+            200, {"offset": offset + len(chunk)})
+    before = bytes_read(site.relay)
+    status, answer = await agent.commit(fields["upload_id"])
+    read = bytes_read(site.relay) - before
+    assert status == 200 and answer["state"] == "committed"
+    assert read < len(data) // 4, f"the commit read {read} bytes"
+    assert await download(http, site, answer["fdfs"]) == data
+    assert "sha256 kept while receiving" in stop_relay(site.relay)
 
 
 async def test_a_wrong_checksum_or_size_is_refused_at_commit_and_nothing_is_stored(site: Site,
@@ -256,6 +285,8 @@ async def test_more_than_declared_is_refused_and_what_was_held_stays(site: Site,
     assert (await agent.declare(fields))[1] == {"state": "open", "offset": 1000}
     assert (await agent.put(fields["upload_id"], 1000, VIDEO[1000:]))[0] == 200
     assert (await agent.commit(fields["upload_id"]))[0] == 200
+    # The PUT refused as it streamed dropped the running sha256: the commit read the file back.
+    assert "sha256 read back from disk" in stop_relay(site.relay)
 
 
 async def test_refusals_of_keys_cameras_names_and_fields(site: Site, http):
@@ -544,5 +575,52 @@ async def test_a_commit_cut_short_after_its_rename_is_finished_at_the_next_start
             status, answer = await Agent(fresh, site.base, site.key).commit(fields["upload_id"])
         assert (status, answer["record_id"]) == (200, record["record_id"])  # the agent's repeat
         assert len(site.records()) == 1
+    finally:
+        stop_relay(relay)
+
+
+async def test_after_a_restart_the_commit_checks_the_bytes_on_disk(tmp_path: Path, http):
+    """The running sha256 dies with the relay: a commit after a SIGKILL reads the file back, so
+    bytes changed on disk meanwhile are refused (422), whether the PUTs were done or resumed."""
+    relay = start_relay(tmp_path / "data", *FAST)
+    try:
+        site = await make_site(relay, token_of(relay))
+        agent = Agent(http, site.base, site.key)
+        done, resumed, clean = (manifest(site.camera_id) for _ in range(3))
+        for fields in (done, resumed, clean):
+            await agent.declare(fields)
+        held = {done["upload_id"]: len(VIDEO), resumed["upload_id"]: 120_000,
+                clean["upload_id"]: 100_000}  # (sizes that tell the temporary files apart)
+        for upload_id, size in held.items():
+            assert await agent.put(upload_id, 0, VIDEO[:size]) == (200, {"offset": size})
+        relay.process.send_signal(signal.SIGKILL)
+        relay.process.wait()
+        stop_relay(relay)
+        for temp in (tmp_path / "data" / "uploads").glob("*.part"):
+            if temp.stat().st_size != 100_000:  # one byte changed, the size kept
+                with temp.open("r+b") as file:
+                    file.seek(50_000)
+                    file.write(bytes([VIDEO[50_000] ^ 1]))
+        relay = start_relay(tmp_path / "data", *FAST, port=int(site.base.rsplit(":", 1)[1]))
+        site.relay = relay
+        async with aiohttp.ClientSession() as fresh:
+            agent = Agent(fresh, site.base, site.key)
+            status, body = await agent.commit(done["upload_id"])
+            assert status == 422 and "checksum" in body["err_msg"]
+            for fields in (resumed, clean):
+                size = held[fields["upload_id"]]
+                assert await agent.put(fields["upload_id"], size, VIDEO[size:]) == (
+                    200, {"offset": len(VIDEO)})
+            status, body = await agent.commit(resumed["upload_id"])
+            assert status == 422 and "checksum" in body["err_msg"]
+            before = bytes_read(relay)
+            status, answer = await agent.commit(clean["upload_id"])
+            assert status == 200 and bytes_read(relay) - before >= len(VIDEO)  # read back
+        [record] = site.records()
+        assert record["record_id"] == answer["record_id"]
+        assert await download(http, site, record["file_fdfs"]) == VIDEO
+        log = stop_relay(relay)
+        assert log.count("sha256 read back from disk") == 1
+        assert "kept while receiving" not in log
     finally:
         stop_relay(relay)

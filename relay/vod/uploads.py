@@ -3,9 +3,14 @@
 docs/RECORDING.md ("The upload protocol") is the contract. An upload is declared (``POST``), its
 bytes are appended at the offset the relay holds (``PUT ?offset=N``: the offset is the size of the
 temporary file, so whatever reached the disk before a crash counts), and committed: size and sha256
-recomputed from the file, fsync, rename to the stored name picked at declaration, then the row, in
-one transaction. Every step can be repeated: a commit interrupted after its rename finds the stored
-file and finishes; a repeated commit answers what the first one did.
+checked, fsync, rename to the stored name picked at declaration, then the row, in one transaction.
+Every step can be repeated: a commit interrupted after its rename finds the stored file and
+finishes; a repeated commit answers what the first one did.
+
+The sha256 is kept while the PUTs write (``_Running``, in memory, one per open upload): a commit
+whose hasher covers exactly the bytes the file holds only fsyncs, instead of reading the whole file
+again. Whatever casts a doubt (a relay restart, a PUT that failed or was cut short, a file whose
+size is not what the hasher covered) drops the hasher, and the commit re-reads the file from disk.
 
 Room is retention's rule (retention.py, ``app[RETENTION]``): an upload that does not fit asks it to
 delete the oldest recordings first (``sweep(needed)``), and is refused with 507 only when it still
@@ -122,16 +127,50 @@ def parse_declaration(body: Any) -> dict[str, Any]:
     return fields
 
 
+#: Open uploads whose running sha256 is kept; past it the least recently written is dropped (its
+#: commit re-reads the file). A hasher is a few hundred bytes.
+MAX_RUNNING = 4096
+#: The most hashed in one go on the event loop (a PUT's chunks are hashed as they are written).
+HASH_SLICE = MIB
+
+_sync_data = getattr(os, "fdatasync", os.fsync)  # the data and the size; not the timestamps
+
+
+@dataclass
+class _Running:
+    """The sha256 of bytes 0..``covered`` of a temporary file, updated as PUTs write them."""
+
+    digest: Any  # a hashlib sha256 object
+    covered: int
+
+    def update(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        for start in range(0, len(view), HASH_SLICE):
+            self.digest.update(view[start:start + HASH_SLICE])
+        self.covered += len(chunk)
+
+
 def _digest_and_sync(path: Path) -> tuple[int, str]:
-    """Size and sha256 of the file, after it reached the disk (fsync); off the event loop."""
+    """Size and sha256 of the file as read back from it, after it reached the disk; off the
+    event loop. For a commit without a hasher it can trust."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as file:
         while block := file.read(MIB):
             digest.update(block)
             size += len(block)
-        os.fsync(file.fileno())
+        _sync_data(file.fileno())
     return size, digest.hexdigest()
+
+
+def _size_and_sync(path: Path, covered: int) -> int:
+    """The file's size; when it is what the hasher ``covered``, after its data reached the disk
+    (when it is not, the caller re-reads the file, which syncs it)."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size == covered:
+            _sync_data(file.fileno())
+    return size
 
 
 def _sync_dir(path: Path) -> None:
@@ -175,6 +214,8 @@ class UploadService:
         self._retention = retention
         self._locks: weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock] = (
             weakref.WeakValueDictionary())
+        #: Running sha256 per temporary file (only this process's writes; gone at a restart).
+        self._running: dict[Path, _Running] = {}
 
     # -- places --------------------------------------------------------------------------------
 
@@ -312,11 +353,27 @@ class UploadService:
             await self._check_room(room_left, held)
             return await self._append(upload, held, min(MAX_CHUNK, room_left), request)
 
+    def _hasher(self, temp: Path, held: int) -> _Running | None:
+        """The running sha256 of ``temp``'s ``held`` bytes, taken out of the table (a PUT puts
+        it back only when all it wrote is in it); None when there is none to trust."""
+        running = self._running.pop(temp, None)
+        if held == 0:  # an empty file: its hash is known
+            return _Running(hashlib.sha256(), 0)
+        return running if running is not None and running.covered == held else None
+
+    def _keep(self, temp: Path, running: _Running) -> None:
+        self._running[temp] = running
+        while len(self._running) > MAX_RUNNING:  # the least recently written goes first
+            del self._running[next(iter(self._running))]
+
     async def _append(self, upload: _Upload, held: int, limit: int, request: web.Request
                       ) -> dict[str, Any]:
-        """Stream the body onto the temporary file; never more than ``limit`` bytes."""
+        """Stream the body onto the temporary file, hashing it as it goes; never more than
+        ``limit`` bytes. The hasher is kept only if every chunk reached the file whole."""
         written = 0
         full = False
+        running = self._hasher(upload.temp, held)
+        whole = False  # every chunk written and hashed, and the file closed without an error
         file = open(upload.temp, "ab")  # noqa: SIM115 (closed in finally, around awaits)
         try:
             async for chunk in request.content.iter_any():
@@ -333,11 +390,18 @@ class UploadService:
                     full = True
                     break
                 written += len(chunk)
+                if running is not None:
+                    running.update(chunk)
+            whole = not full
         finally:
-            with contextlib.suppress(OSError):
-                file.close()  # what reached the file stays: the next PUT resumes after it
+            try:
+                file.close()
+            except OSError:  # what reached the file stays: the next PUT resumes after it
+                whole = False
             self._services.metrics.upload_bytes.inc(written)
             self._retention.wrote(written)
+            if whole and running is not None and running.covered == held + written:
+                self._keep(upload.temp, running)
         if full:  # the disk itself (not the quota): make room for the rest, then say so
             offset = _size(upload.temp)
             await self._retention.sweep(upload.row["size"] - offset, within=MEASURE_EVERY)
@@ -364,6 +428,7 @@ class UploadService:
     async def _drop(self, upload: _Upload) -> None:
         row = upload.row
         await self._services.catalogue.uploads.drop(row["key_id"], row["upload_id"])
+        self._running.pop(upload.temp, None)
         for path in (upload.temp, upload.poster_temp):
             path.unlink(missing_ok=True)
         for fdfs in (row["file_fdfs"], row["image_fdfs"]):
@@ -378,10 +443,7 @@ class UploadService:
         label = upload_label(row["upload_id"])
         stored = self._stored(row["file_fdfs"])
         source = upload.temp if upload.temp.exists() else stored  # renamed by a commit cut short
-        try:
-            size, sha256 = await asyncio.to_thread(_digest_and_sync, source)
-        except FileNotFoundError:
-            size, sha256 = 0, ""
+        size, sha256, how = await self._check_sum(upload, source)
         if (size, sha256) != (row["size"], row["sha256"]):
             source.unlink(missing_ok=True)
             reason = "size" if size != row["size"] else "checksum"
@@ -411,13 +473,28 @@ class UploadService:
         self._retention.soon()
         if committed["kind"] == "record":
             self._services.metrics.recordings_uploaded.inc()
-            log.info("camera %d: record %d stored (%d bytes, %d s) from upload %s",
+            log.info("camera %d: record %d stored (%d bytes, %d s) from upload %s; sha256 %s",
                      committed["camera_id"], committed["record_id"], committed["size"],
-                     committed["duration"], label)
+                     committed["duration"], label, how)
         else:
-            log.info("camera %d: snapshot %d stored (%d bytes) from upload %s",
-                     committed["camera_id"], committed["image_id"], committed["size"], label)
+            log.info("camera %d: snapshot %d stored (%d bytes) from upload %s; sha256 %s",
+                     committed["camera_id"], committed["image_id"], committed["size"], label, how)
         return committed_body(committed)
+
+    async def _check_sum(self, upload: _Upload, source: Path) -> tuple[int, str, str]:
+        """(size, sha256, how it was found) of ``source``, which has reached the disk: the running
+        hasher's when it covers exactly the bytes the temporary file holds, else read back from
+        the file (after a restart, a failed PUT, or a commit cut short after its rename)."""
+        running = self._running.pop(upload.temp, None)  # used once, whatever the answer
+        try:
+            if running is not None and source == upload.temp:
+                size = await asyncio.to_thread(_size_and_sync, source, running.covered)
+                if size == running.covered:
+                    return size, running.digest.hexdigest(), "kept while receiving"
+            size, sha256 = await asyncio.to_thread(_digest_and_sync, source)
+            return size, sha256, "read back from disk"
+        except FileNotFoundError:
+            return 0, "", "of no file"
 
     # -- the relay's start ---------------------------------------------------------------------
 
