@@ -313,3 +313,28 @@ def test_an_agent_stopped_mid_slice_finishes_it_before_it_exits(system: System):
     entry = json.loads(manifest.read_text())
     assert entry["duration"] >= 2 and (spool / entry["file"]).stat().st_size == entry["size"]
     assert "finished at the next start" not in system.agent.log()
+
+
+def test_slices_recorded_while_the_relay_is_away_go_up_when_it_is_back(system: System):
+    client = system.client
+    client.call("mod_gather", gather_id=system.gather_id, slice_val=1, inter_val=0, snap_val=30)
+    camera_id = system.camera()
+    system.course(camera_id, starts_in=1, seconds=600)
+    eventually(lambda: system.status(camera_id)["recording"] == 1, timeout=20)
+    port = int(system.relay.base_url.rsplit(":", 1)[1])
+    no_tracebacks({"relay": stop_relay(system.relay)})
+    spool = system.tmp / "agent" / "spool"
+    # Slices of two seconds pile up, and the uploader backs off, for ten seconds.
+    eventually(lambda: len(list(spool.glob("*.json"))) >= 3, timeout=20)
+    time.sleep(10 - 2 * MINUTE)
+    system.relay = start_relay(system.tmp / "data", "--command-timeout", "5", "--agent-heartbeat",
+                               "2", "--timezone", system.zone.key, port=port)
+    assert system.relay.base_url == client.base  # the same address: the token still works
+    eventually(lambda: "connected to" in system.agent.log().rsplit("disconnected from", 1)[-1],
+               timeout=40)
+    # Nothing recorded meanwhile is lost: every slice goes up, and the spool empties.
+    eventually(lambda: len(client.records(camera_id)) >= 3, timeout=30)
+    client.call("stop_camera", camera_id=camera_id)
+    eventually(lambda: system.status(camera_id)["spool_bytes"] == 0 and not list(
+        spool.glob("*.json")), timeout=30)
+

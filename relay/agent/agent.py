@@ -183,6 +183,8 @@ class Agent:
                 for camera_id, (status, err_msg) in list(self.statuses.items()):
                     await self._send_status(camera_id, status, err_msg)
                 self.recordings.linked()
+                if self.uploader is not None:
+                    self.uploader.relay_is_back()
                 async for message in ws:
                     if message.type != aiohttp.WSMsgType.TEXT:
                         break

@@ -115,12 +115,21 @@ class Uploader:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    def relay_is_back(self) -> None:
+        """The agent's link is up again: what waits out a backoff is tried now (what waits for the
+        next start, with auto_fds 0, still waits)."""
+        self._not_before = {upload_id: when for upload_id, when in self._not_before.items()
+                            if when == math.inf}
+        if self._queue_not_before != math.inf:
+            self._queue_not_before = 0.0
+        self.wake()
+
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
         while not stop.is_set():
             self._wake.clear()
             await self._round()
-            await self._sleep(stop, self._next_due())
+            await self._sleep(stop, self.next_try_in())
 
     async def _round(self) -> None:
         """Try every entry that is due, oldest first; stop at a failure of the whole queue."""
@@ -173,7 +182,7 @@ class Uploader:
         for table in (self._failures, self._not_before, self._checksum_refusals):
             table.pop(upload_id, None)
 
-    def _next_due(self) -> float:
+    def next_try_in(self) -> float:
         """Seconds until something may be tried again (inf: only a wake or a new entry)."""
         due = [when for when in self._not_before.values() if when != math.inf]
         if self._queue_not_before > time.monotonic():
