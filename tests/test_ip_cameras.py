@@ -366,7 +366,8 @@ def test_an_ip_camera_is_live_on_its_sub_stream_and_records_its_main_stream(
     assert video_size(download(system.storage() + snapshot), image=True) == (640, 360)
 
     assert camera_server.connections_ever("main") == 0, "the main stream is opened for courses only"
-    start, end = system.course(camera_id, starts_in=3, seconds=7)
+    # The main stream has MAIN_LEAD to open before the course: the recording has its first second.
+    start, end = system.course(camera_id, starts_in=MAIN_LEAD - 2, seconds=7)
     eventually(lambda: system.status(camera_id)["recording"] == 1, timeout=20)
     opened = [at for at, path, what in camera_server.events if path == "/main" and what == "open"]
     # Opened ahead of the course (MAIN_LEAD), so the recording starts with the GOP the source holds.
