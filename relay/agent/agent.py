@@ -128,6 +128,8 @@ class Agent:
             background = [asyncio.create_task(self.uploader.run(stop), name="uploader"),
                           asyncio.create_task(self.recordings.run(stop, self._send_recording),
                                               name="recordings")]
+            for task in background:
+                task.add_done_callback(_report_crash)
             while not stop.is_set():
                 session = asyncio.create_task(self._session(http))
                 stopping = asyncio.create_task(stop.wait())
@@ -475,6 +477,12 @@ class Agent:
         for source in self.sources.values():
             source.join(timeout=2)
         self.sources.clear()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A background task that ends with an exception is a bug: say so at once, whole."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the agent's %s stopped", task.get_name(), exc_info=task.exception())
 
 
 def push_id_of(data: dict[str, Any]) -> str:
