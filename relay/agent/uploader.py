@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,8 +30,8 @@ from .spool import Spool, SpoolEntry
 
 log = logging.getLogger(__name__)
 
-#: Bytes per PUT (the relay takes at most 8 MiB).
-CHUNK = 4 << 20
+#: The rest of a file goes in one PUT, read from the spool in blocks of this size.
+READ_BLOCK = 1 << 20
 MAX_POSTER = 1 << 20
 FIRST_DELAY, MAX_DELAY = 1.0, 60.0
 #: How many times a commit may be answered with another checksum before the entry goes.
@@ -76,10 +76,26 @@ class Failed(Exception):
         self.whole_queue = whole_queue
 
 
-def _read(path: Path, offset: int, count: int) -> bytes:
-    with open(path, "rb") as file:
-        file.seek(offset)
-        return file.read(count)
+async def _blocks(path: Path, offset: int, count: int) -> AsyncIterator[bytes]:
+    """``count`` bytes of ``path`` from ``offset``, a block at a time, read off the event loop."""
+    file = await asyncio.to_thread(open, path, "rb")
+    try:
+        await asyncio.to_thread(file.seek, offset)
+        while count > 0:
+            block = await asyncio.to_thread(file.read, min(READ_BLOCK, count))
+            if not block:
+                return  # the relay then holds less than it was told: the next PUT says how much
+            count -= len(block)
+            yield block
+    finally:
+        file.close()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _poster(entry: SpoolEntry) -> str:
@@ -212,9 +228,10 @@ class Uploader:
                 await self._commit(entry)
         raise Failed("the relay kept restarting this upload")
 
-    async def _call(self, method: str, url: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
-        async with self._http.request(method, url, headers=self._headers, timeout=TIMEOUT,
-                                      **kwargs) as response:
+    async def _call(self, method: str, url: str, headers: dict[str, str] | None = None,
+                    **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        async with self._http.request(method, url, headers={**self._headers, **(headers or {})},
+                                      timeout=TIMEOUT, **kwargs) as response:
             try:
                 body = await response.json(content_type=None)
             except ValueError:
@@ -244,12 +261,12 @@ class Uploader:
         """Send the rest; False when the relay does not know the upload (declare it again)."""
         moves = 0
         while offset < entry.size:
-            data = await asyncio.to_thread(_read, entry.file, offset,
-                                           min(CHUNK, entry.size - offset))
-            if not data:
-                raise Failed(f"the spool file ends at {offset} bytes, {entry.size} declared")
-            status, body = await self._call("PUT", f"{self.url}/{entry.upload_id}",
-                                            params={"offset": str(offset)}, data=data)
+            if await asyncio.to_thread(_size, entry.file) < entry.size:
+                raise Failed(f"the spool file is shorter than the {entry.size} bytes declared")
+            rest = entry.size - offset
+            status, body = await self._call(
+                "PUT", f"{self.url}/{entry.upload_id}", params={"offset": str(offset)},
+                data=_blocks(entry.file, offset, rest), headers={"Content-Length": str(rest)})
             if status in (200, 409) and isinstance(body.get("offset"), int):
                 if status == 409:
                     moves += 1

@@ -51,8 +51,8 @@ from .retention import MEASURE_EVERY, Retention
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
-#: The most one PUT may carry, and a poster's most (decoded).
-MAX_CHUNK = 8 * MIB
+#: A poster's most (decoded). A PUT may carry the whole rest of its upload (what reached the disk
+#: when it is cut short counts): one request, as ``curl -T`` sends a file.
 MAX_POSTER = MIB
 #: A declaration's most: a base64 poster and the fields.
 MAX_DECLARATION = MAX_POSTER * 4 // 3 + 64 * 1024
@@ -346,12 +346,12 @@ class UploadService:
                               offset=held)
             room_left = row["size"] - held
             length = request.content_length
-            if length is not None and (length > MAX_CHUNK or length > room_left):
-                raise Refusal(413, f"at most {min(MAX_CHUNK, room_left)} bytes at offset {held} "
-                                   f"(declared size {row['size']}, {MAX_CHUNK} per request)",
+            if length is not None and length > room_left:
+                raise Refusal(413, f"at most {room_left} bytes at offset {held} "
+                                   f"(declared size {row['size']})",
                               "too_big", offset=held)
             await self._check_room(room_left, held)
-            return await self._append(upload, held, min(MAX_CHUNK, room_left), request)
+            return await self._append(upload, held, room_left, request)
 
     def _hasher(self, temp: Path, held: int) -> _Running | None:
         """The running sha256 of ``temp``'s ``held`` bytes, taken out of the table (a PUT puts
@@ -380,7 +380,7 @@ class UploadService:
                 if written + len(chunk) > limit:
                     file.truncate(held)  # the whole request is refused: nothing of it stays
                     written = 0
-                    raise Refusal(413, f"past the declared size or {MAX_CHUNK} bytes per request",
+                    raise Refusal(413, "past the declared size",
                                   "too_big", offset=held)
                 try:
                     file.write(chunk)
