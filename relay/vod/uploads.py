@@ -7,7 +7,7 @@ checked, fsync, rename to the stored name picked at declaration, then the row, i
 Every step can be repeated: a commit interrupted after its rename finds the stored file and
 finishes; a repeated commit answers what the first one did.
 
-The sha256 is kept while the PUTs write (``_Running``, in memory, one per open upload): a commit
+The sha256 is kept while the PUTs write (``RunningHash``, in memory, one per open upload): a commit
 whose hasher covers exactly the bytes the file holds only fsyncs, instead of reading the whole file
 again. Whatever casts a doubt (a relay restart, a PUT that failed or was cut short, a file whose
 size is not what the hasher covered) drops the hasher, and the commit re-reads the file from disk.
@@ -18,13 +18,14 @@ does not fit; what it writes is counted there (``wrote``), and a commit schedule
 
 The upload id is the agent's idempotency key and lets whoever holds it write: logs name an upload by
 ``upload_label`` only, and temporary files by a digest of key and id.
+
+What a declaration may say is checked in ``declarations.py``; the running hash, the syncs and the
+durable rename are in ``durable.py``; this module is the service and its three routes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import errno
 import hashlib
@@ -32,7 +33,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import weakref
 from dataclasses import dataclass
@@ -46,153 +46,34 @@ from aiohttp import web
 from ..catalogue import AgentKey, NotFound, UploadConflict
 from ..link.endpoint import agent_key
 from ..services import SERVICES, Services
+from .declarations import (
+    KINDS,
+    MAX_DECLARATION,
+    MIB,
+    UPLOAD_ID,
+    Refusal,
+    parse_declaration,
+    upload_label,
+)
+from .durable import (
+    RunningHash,
+    digest_and_sync,
+    move_durably,
+    size_and_sync,
+    size_of,
+)
 from .retention import MEASURE_EVERY, Retention
 
 log = logging.getLogger(__name__)
 
-MIB = 1 << 20
-#: A poster's most (decoded). A PUT may carry the whole rest of its upload (what reached the disk
-#: when it is cut short counts): one request, as ``curl -T`` sends a file.
-MAX_POSTER = MIB
-#: A declaration's most: a base64 poster and the fields.
-MAX_DECLARATION = MAX_POSTER * 4 // 3 + 64 * 1024
 #: Forgotten at the relay's start: open uploads untouched this long (their agent gave up), and
 #: committed ones (an agent repeats a commit within minutes).
 STALE_OPEN = 7 * 86400
 STALE_COMMITTED = 30 * 86400
 
-UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
-SHA256 = re.compile(r"[0-9a-f]{64}")
-KINDS = {"record": ("records", "mp4"), "snapshot": ("snapshots", "jpg")}
-
-
-def upload_label(upload_id: str) -> str:
-    """How logs name an upload: a digest of its id (the id itself lets its holder write)."""
-    return hashlib.sha256(upload_id.encode()).hexdigest()[:8]
-
-
-class Refusal(Exception):
-    """An answer other than 200: ``status``, ``message``, extra fields, a metrics reason."""
-
-    def __init__(self, status: int, message: str, reason: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.message, self.reason, self.extra = status, message, reason, extra
-
-
-def _number(body: dict[str, Any], name: str, low: float, high: float, integer: bool) -> Any:
-    value = body.get(name)
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or \
-            not math.isfinite(value) or not low <= value <= high:
-        kind = "an integer" if integer else "a number"
-        raise Refusal(400, f"{name} must be {kind} from {low:g} to {high:g}", "malformed")
-    return value
-
-
-def parse_declaration(body: Any) -> dict[str, Any]:
-    """The manifest fields of a declaration, checked (``Refusal`` 400 names the first bad one)."""
-    if not isinstance(body, dict):
-        raise Refusal(400, "the body must be a JSON object", "malformed")
-    upload_id = body.get("upload_id")
-    if not isinstance(upload_id, str) or not UPLOAD_ID.fullmatch(upload_id):
-        raise Refusal(400, "upload_id must be 32 lowercase hex characters", "malformed")
-    kind = body.get("kind")
-    if kind not in KINDS:
-        raise Refusal(400, "kind must be 'record' or 'snapshot'", "malformed")
-    sha256 = body.get("sha256")
-    if not isinstance(sha256, str) or not SHA256.fullmatch(sha256.lower()):
-        raise Refusal(400, "sha256 must be 64 hex characters", "malformed")
-    fields = {
-        "upload_id": upload_id,
-        "kind": kind,
-        "camera_id": _number(body, "camera_id", 1, 2**31 - 1, True),
-        "size": _number(body, "size", 1, 2**50, True),
-        "sha256": sha256.lower(),
-        "start_time": _number(body, "start_time", 0, 2**40, False),
-        "end_time": _number(body, "end_time", 0, 2**40, False),
-        "duration": _number(body, "duration", 0, 7 * 86400, False),
-        "width": _number(body, "width", 0, 65535, True),
-        "height": _number(body, "height", 0, 65535, True),
-    }
-    if fields["end_time"] < fields["start_time"]:
-        raise Refusal(400, "end_time must not be before start_time", "malformed")
-    poster = body.get("poster", "")
-    if not isinstance(poster, str) or (poster and kind != "record"):
-        raise Refusal(400, "poster must be a base64 string, for a record only", "malformed")
-    try:
-        fields["poster"] = base64.b64decode(poster, validate=True) if poster else b""
-    except (binascii.Error, ValueError):
-        raise Refusal(400, "poster is not valid base64", "malformed") from None
-    if len(fields["poster"]) > MAX_POSTER:
-        raise Refusal(400, f"poster over {MAX_POSTER} bytes", "malformed")
-    return fields
-
-
 #: Open uploads whose running sha256 is kept; past it the least recently written is dropped (its
 #: commit re-reads the file). A hasher is a few hundred bytes.
 MAX_RUNNING = 4096
-#: The most hashed in one go on the event loop (a PUT's chunks are hashed as they are written).
-HASH_SLICE = MIB
-
-_sync_data = getattr(os, "fdatasync", os.fsync)  # the data and the size; not the timestamps
-
-
-@dataclass
-class _Running:
-    """The sha256 of bytes 0..``covered`` of a temporary file, updated as PUTs write them."""
-
-    digest: Any  # a hashlib sha256 object
-    covered: int
-
-    def update(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        for start in range(0, len(view), HASH_SLICE):
-            self.digest.update(view[start:start + HASH_SLICE])
-        self.covered += len(chunk)
-
-
-def _digest_and_sync(path: Path) -> tuple[int, str]:
-    """Size and sha256 of the file as read back from it, after it reached the disk; off the
-    event loop. For a commit without a hasher it can trust."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as file:
-        while block := file.read(MIB):
-            digest.update(block)
-            size += len(block)
-        _sync_data(file.fileno())
-    return size, digest.hexdigest()
-
-
-def _size_and_sync(path: Path, covered: int) -> int:
-    """The file's size; when it is what the hasher ``covered``, after its data reached the disk
-    (when it is not, the caller re-reads the file, which syncs it)."""
-    with open(path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        if size == covered:
-            _sync_data(file.fileno())
-    return size
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _move(source: Path, target: Path) -> None:
-    """Rename into place durably: the new name survives a crash once this returns."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target)
-    _sync_dir(target.parent)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 @dataclass
@@ -215,7 +96,7 @@ class UploadService:
         self._locks: weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock] = (
             weakref.WeakValueDictionary())
         #: Running sha256 per temporary file (only this process's writes; gone at a restart).
-        self._running: dict[Path, _Running] = {}
+        self._running: dict[Path, RunningHash] = {}
 
     # -- places --------------------------------------------------------------------------------
 
@@ -308,7 +189,7 @@ class UploadService:
                                        "size or checksum", "conflict")
                 return committed_body(row)
             await self._check_camera(key, fields["camera_id"])
-            held = _size(self._view(row).temp) if row is not None else 0
+            held = size_of(self._view(row).temp) if row is not None else 0
             await self._check_room(fields["size"] - held, held)
             file_fdfs, image_fdfs = self._names(fields)
             declared = {**fields, "start_time": int(fields["start_time"]),
@@ -323,7 +204,7 @@ class UploadService:
             upload = self._view(row)
             if fields["poster"]:
                 await asyncio.to_thread(self._write_poster, upload.poster_temp, fields["poster"])
-            return {"state": "open", "offset": _size(upload.temp)}
+            return {"state": "open", "offset": size_of(upload.temp)}
 
     @staticmethod
     def _write_poster(path: Path, jpeg: bytes) -> None:
@@ -340,7 +221,7 @@ class UploadService:
             if row["state"] == "committed":
                 raise Refusal(409, "this upload is committed already", "committed",
                               offset=row["size"], state="committed")
-            held = _size(upload.temp)
+            held = size_of(upload.temp)
             if offset != held:
                 raise Refusal(409, f"the relay holds {held} bytes of this upload", "offset",
                               offset=held)
@@ -353,15 +234,15 @@ class UploadService:
             await self._check_room(room_left, held)
             return await self._append(upload, held, room_left, request)
 
-    def _hasher(self, temp: Path, held: int) -> _Running | None:
+    def _hasher(self, temp: Path, held: int) -> RunningHash | None:
         """The running sha256 of ``temp``'s ``held`` bytes, taken out of the table (a PUT puts
         it back only when all it wrote is in it); None when there is none to trust."""
         running = self._running.pop(temp, None)
         if held == 0:  # an empty file: its hash is known
-            return _Running(hashlib.sha256(), 0)
+            return RunningHash(hashlib.sha256(), 0)
         return running if running is not None and running.covered == held else None
 
-    def _keep(self, temp: Path, running: _Running) -> None:
+    def _keep(self, temp: Path, running: RunningHash) -> None:
         self._running[temp] = running
         while len(self._running) > MAX_RUNNING:  # the least recently written goes first
             del self._running[next(iter(self._running))]
@@ -403,7 +284,7 @@ class UploadService:
             if whole and running is not None and running.covered == held + written:
                 self._keep(upload.temp, running)
         if full:  # the disk itself (not the quota): make room for the rest, then say so
-            offset = _size(upload.temp)
+            offset = size_of(upload.temp)
             await self._retention.sweep(upload.row["size"] - offset, within=MEASURE_EVERY)
             raise Refusal(507, "the relay's disk is full; retry later", "disk_full",
                           offset=offset)
@@ -454,12 +335,12 @@ class UploadService:
                           + ("" if reason == "size" else " with another sha256")
                           + "; upload it again from offset 0", reason)
         if source == upload.temp:
-            await asyncio.to_thread(_move, upload.temp, stored)
+            await asyncio.to_thread(move_durably, upload.temp, stored)
         image_fdfs = ""
         if row["image_fdfs"]:
             poster = self._stored(row["image_fdfs"])
             if upload.poster_temp.exists():
-                await asyncio.to_thread(_move, upload.poster_temp, poster)
+                await asyncio.to_thread(move_durably, upload.poster_temp, poster)
             image_fdfs = row["image_fdfs"] if poster.exists() else ""
         catalogue = self._services.catalogue
         try:
@@ -488,10 +369,10 @@ class UploadService:
         running = self._running.pop(upload.temp, None)  # used once, whatever the answer
         try:
             if running is not None and source == upload.temp:
-                size = await asyncio.to_thread(_size_and_sync, source, running.covered)
+                size = await asyncio.to_thread(size_and_sync, source, running.covered)
                 if size == running.covered:
                     return size, running.digest.hexdigest(), "kept while receiving"
-            size, sha256 = await asyncio.to_thread(_digest_and_sync, source)
+            size, sha256 = await asyncio.to_thread(digest_and_sync, source)
             return size, sha256, "read back from disk"
         except FileNotFoundError:
             return 0, "", "of no file"
