@@ -338,3 +338,17 @@ def test_slices_recorded_while_the_relay_is_away_go_up_when_it_is_back(system: S
     eventually(lambda: system.status(camera_id)["spool_bytes"] == 0 and not list(
         spool.glob("*.json")), timeout=30)
 
+
+
+def test_back_to_back_courses_make_one_file_each(system: System):
+    client = system.client
+    client.call("mod_gather", gather_id=system.gather_id, slice_val=0, inter_val=0, snap_val=30)
+    camera_id = system.camera()
+    start = dt.datetime.now(system.zone).replace(microsecond=0) + dt.timedelta(seconds=2)
+    for offset in (0, 5):  # 5 s each, the second starting where the first ends
+        at = start + dt.timedelta(seconds=offset)
+        client.call("add_course", camera_id=camera_id, week_id=at.isoweekday() % 7,
+                    start_time=at.strftime("%H:%M:%S"), elapse_sec=5)
+    rows = eventually(lambda: len(rows := client.records(camera_id)) == 2 and rows, timeout=40)
+    assert all(3 <= row["duration"] <= 8 for row in rows), rows
+    assert "the next course began" in system.agent.log()

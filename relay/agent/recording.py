@@ -58,6 +58,7 @@ class Recordings:
         self._main_sources: dict[int, CameraSource] = {}  # mode 0 only
         self._main_errors: dict[int, str] = {}  # why a main stream failed, by camera
         self._snapshots: dict[int, tuple[SnapshotTaker, CameraSource]] = {}
+        self._courses: dict[int, Any] = {}  # the course each recorder records
         self._reported: dict[int, dict[str, Any]] = {}
         self._last_report = 0.0
         self._wake = asyncio.Event()
@@ -114,12 +115,16 @@ class Recordings:
             if recorder is not None and self._recorder_sources.get(camera_id) is not source:
                 self._stop(camera_id, "the camera's source changed")
                 recorder = None
+            if recorder is not None and self._courses.get(camera_id) != course.get("course_id"):
+                self._stop(camera_id, "the next course began")  # one file per window at least
+                recorder = None
             if source is None:
                 continue
             if recorder is None:
                 recorder = Recorder(camera_id, self._spool, policy)
                 self.recorders[camera_id] = recorder
                 self._recorder_sources[camera_id] = source
+                self._courses[camera_id] = course.get("course_id")
                 source.add_stream_tap(recorder)
                 slices = (f"{policy.slice_seconds:g}-second slices" if policy.slice_seconds
                           else "one slice for the course")
@@ -135,7 +140,10 @@ class Recordings:
         try:
             url = source_url(camera, self._config, "main")
         except SourceError as exc:
-            log.warning("camera %d: cannot record: %s", camera_id, exc)
+            error = f"main stream: {exc}"
+            if self._main_errors.get(camera_id) != error:  # said once, not at every tick
+                log.warning("camera %d: cannot record: %s", camera_id, exc)
+                self._main_errors[camera_id] = error
             return None
         source = self._main_sources.get(camera_id)
         if source is not None and source.url != url:
@@ -165,6 +173,7 @@ class Recordings:
 
     def _stop(self, camera_id: int, reason: str) -> None:
         recorder = self.recorders.pop(camera_id)
+        self._courses.pop(camera_id, None)
         source = self._recorder_sources.pop(camera_id, None)
         if source is not None:
             source.remove_stream_tap(recorder, reason)
