@@ -191,11 +191,6 @@ class CameraSource:
                 self._unopened.remove(tap)
         tap.close(reason)
 
-    @property
-    def stream_taps(self) -> list[StreamTap]:
-        with self._lock:
-            return list(self._stream_taps)
-
     def request_keyframe(self) -> bool:
         """Ask for an IDR soon; False when the source is passed through (it cannot be asked)."""
         pipeline = self._pipeline

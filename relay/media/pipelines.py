@@ -42,6 +42,13 @@ def source_rate(stream: Any) -> Fraction:
     return min(max(Fraction(rate), Fraction(1)), Fraction(120))
 
 
+def _copy(packet: av.Packet) -> av.Packet:
+    copy = av.Packet(bytes(packet))
+    copy.pts, copy.dts, copy.time_base = packet.pts, packet.dts, packet.time_base
+    copy.is_keyframe = packet.is_keyframe
+    return copy
+
+
 class Passthrough:
     """H.264 the relay can take: the bitstream filter only; the source's GOP is kept even when
     nobody watches, so a push starts with the current GOP."""
@@ -56,9 +63,10 @@ class Passthrough:
 
     def feed(self, packet: av.Packet, watched: bool) -> list[MediaFrame]:
         frames = []
-        # The filter empties the packet it is given: its time base must be read before.
+        # The filter empties the packet it is given, and the source's packet is also kept (its raw
+        # GOP, for stream taps): the filter gets a copy.
         time_base, source_pts = packet.time_base, packet.pts
-        for out in self._filter.filter(packet):
+        for out in self._filter.filter(_copy(packet)):
             data = bytes(out)
             if data:
                 pts = out.pts if out.pts is not None else source_pts
