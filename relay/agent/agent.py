@@ -431,13 +431,17 @@ class Agent:
             self._loop.create_task(self._send_status(camera_id, status, err_msg))
 
     async def _send_status(self, camera_id: int, status: int, err_msg: str) -> None:
+        await self._send({"type": "status", "camera_id": camera_id, "status": status,
+                          "err_msg": err_msg})
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        """One unasked message to the relay, if linked (on failure, the next login sends every
+        status and recording report again)."""
         ws = self._ws
         if ws is None or ws.closed:
             return
-        # On failure, the next login sends every status again.
         with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-            await ws.send_json({"type": "status", "camera_id": camera_id, "status": status,
-                                "err_msg": err_msg})
+            await ws.send_json(message)
 
     # Recordings and uploads
 
@@ -450,23 +454,17 @@ class Agent:
 
     def _spool_ready(self, entry: SpoolEntry) -> None:
         """A slice or snapshot is ready to upload (called from a spool thread)."""
-        if self._loop is not None and self.uploader is not None:
+        if self.uploader is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: the agent is gone
-                self._loop.call_soon_threadsafe(self.uploader.wake)
+                self.uploader.wake()
 
     def _spool_dropped(self, entry: SpoolEntry, reason: str) -> None:
         log.warning("camera %d: dropped a %s of %.0f s from the spool without uploading it: %s",
                     entry.camera_id, entry.kind, entry.duration, reason)
 
     def _send_recording(self, report: dict[str, Any]) -> None:
-        ws = self._ws
-        if ws is not None and not ws.closed and self._loop is not None:
-            self._loop.create_task(self._send_quietly(ws, report))
-
-    @staticmethod
-    async def _send_quietly(ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
-        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-            await ws.send_json(message)
+        if self._ws is not None and self._loop is not None:
+            self._loop.create_task(self._send(report))
 
     def _stop_sources(self) -> None:
         self.recordings.close("the agent is stopping")
