@@ -15,17 +15,15 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
-import json
 import socket
 import struct
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import av
@@ -41,6 +39,7 @@ from conftest import (
     stop_relay,
 )
 from live_system import no_tracebacks
+from recording_system import Client, download, zone_far_from_midnight
 from rtsp_server import RtspServer
 
 from relay.agent.demo_video import make_demo_video
@@ -52,7 +51,6 @@ PASSWORD = "p@ss:w/rd#1?&%=;+ é"  # every character a URL treats specially, and
 #: The password as it is, URL-quoted (in the camera's URL), base64 (in the API and config), a part.
 SECRETS = (PASSWORD, quote(PASSWORD, safe=""), base64.b64encode(PASSWORD.encode()).decode(),
            "p@ss:w", "p%40ss")
-ZONES = ("Asia/Shanghai", "Europe/Berlin", "America/New_York", "Pacific/Auckland", "UTC")
 
 
 @dataclass(frozen=True)
@@ -228,39 +226,6 @@ def test_the_rtsp_server_stops_and_frees_its_port(videos: Videos):
 
 
 # End to end: relay, agent, camera
-
-
-def zone_far_from_midnight() -> str:
-    """A zone where now is between 01:00 and 22:00, so a course never crosses midnight."""
-    for name in ZONES:
-        if 1 <= dt.datetime.now(ZoneInfo(name)).hour < 22:
-            return name
-    raise AssertionError("no zone far from midnight")
-
-
-class Client:
-    def __init__(self, base: str, credential: str) -> None:
-        self.base = base
-        self.token = self.get("access_token", unionid=credential)["token"]
-
-    def get(self, name: str, **params: Any) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.base}/api/v1/{name}?{urlencode(params)}",
-                                    timeout=30) as response:
-            return json.load(response)
-
-    def call(self, name: str, **params: Any) -> dict[str, Any]:
-        answer = self.get(name, token=self.token, **params)
-        assert answer["err_code"] == 0, answer
-        return answer
-
-    def records(self, camera_id: int) -> list[dict[str, Any]]:
-        return sorted(self.call("list_record", camera_id=camera_id, per=100)["data"],
-                      key=lambda row: row["record_id"])
-
-
-def download(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return response.read()
 
 
 def video_size(data: bytes, image: bool = False) -> tuple[int, int]:

@@ -18,12 +18,10 @@ import itertools
 import json
 import re
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import av
@@ -39,47 +37,12 @@ from conftest import (
     stop_relay,
 )
 from live_system import no_tracebacks
+from recording_system import Client, download, zone_far_from_midnight
 
 from relay.agent.demo_video import make_demo_video
 
 MINUTE = 2.0  # seconds in one slice_val / snap_val minute, for the agent under test
 GOP = 2.0  # the demo video's keyframe interval
-ZONES = ("Asia/Shanghai", "Europe/Berlin", "America/New_York", "Pacific/Auckland", "UTC")
-
-
-def zone_far_from_midnight() -> str:
-    """A zone where now is between 01:00 and 22:00, so a course never crosses midnight, and not the
-    agent's (UTC) when one will do: the agent must read course times in the relay's zone."""
-    for name in ZONES:
-        hour = dt.datetime.now(ZoneInfo(name)).hour
-        if 1 <= hour < 22:
-            return name
-    raise AssertionError("no zone far from midnight")
-
-
-class Client:
-    def __init__(self, base: str, credential: str) -> None:
-        self.base = base
-        self.token = self.get("access_token", unionid=credential)["token"]
-
-    def get(self, name: str, **params: Any) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.base}/api/v1/{name}?{urlencode(params)}",
-                                    timeout=30) as response:
-            return json.load(response)
-
-    def call(self, name: str, **params: Any) -> dict[str, Any]:
-        answer = self.get(name, token=self.token, **params)
-        assert answer["err_code"] == 0, answer
-        return answer
-
-    def records(self, camera_id: int) -> list[dict[str, Any]]:
-        answer = self.call("list_record", camera_id=camera_id, per=100)
-        return sorted(answer["data"], key=lambda row: row["record_id"])
-
-
-def download(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return response.read()
 
 
 @dataclass
