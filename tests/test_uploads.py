@@ -29,6 +29,8 @@ from conftest import RelayProcess, run_relay, start_relay, stop_relay
 from relay.agent.spool import Spool
 from relay.agent.uploader import Uploader
 from relay.link import protocol
+from relay.vod.durable import WRITE_BACK_EVERY
+from relay.vod.uploads import UPLOAD_READ, large_reads
 
 FAST = ("--command-timeout", "2", "--agent-key-recheck", "1")
 VIDEO = secrets.token_bytes(300_000)  # (what the relay stores, it never decodes)
@@ -246,6 +248,44 @@ async def test_a_normal_commit_does_not_read_its_file_again(site: Site, http):
     assert read < len(data) // 4, f"the commit read {read} bytes"
     assert await download(http, site, answer["fdfs"]) == data
     assert "sha256 kept while receiving" in stop_relay(site.relay)
+
+
+async def test_a_large_upload_in_one_put_is_stored_intact_and_the_connection_reads_small_again(
+        site: Site, http):
+    """Past ``WRITE_BACK_EVERY`` the PUT starts the disk writing while it receives, with 1 MiB
+    socket reads: the bytes stored are still exactly those sent, and the connection (kept alive)
+    serves its next small request with the transport's usual read size."""
+    data = secrets.token_bytes(3 * WRITE_BACK_EVERY + 12345)
+    agent = Agent(http, site.base, site.key)
+    fields = manifest(site.camera_id, data)
+    answer = await agent.upload(fields, data)
+    assert answer["state"] == "committed"
+    assert hashlib.sha256(await download(http, site, answer["fdfs"])).hexdigest() == fields[
+        "sha256"]
+    assert await agent.declare(fields) == (200, answer)  # the same connection, a small request
+    assert "sha256 kept while receiving" in stop_relay(site.relay)
+
+
+async def test_large_reads_are_for_one_body_only():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    try:
+        usual = transport.max_size  # type: ignore[attr-defined]
+        assert usual < UPLOAD_READ
+        with large_reads(transport):
+            assert transport.max_size == UPLOAD_READ  # type: ignore[attr-defined]
+        assert transport.max_size == usual  # type: ignore[attr-defined]
+        with pytest.raises(ValueError), large_reads(transport):
+            raise ValueError("a refused body")
+        assert transport.max_size == usual  # type: ignore[attr-defined]
+        with large_reads(None):  # no transport (the client left): nothing to do
+            pass
+    finally:
+        transport.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_wrong_checksum_or_size_is_refused_at_commit_and_nothing_is_stored(site: Site,

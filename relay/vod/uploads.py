@@ -35,6 +35,8 @@ import math
 import os
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +59,7 @@ from .declarations import (
 )
 from .durable import (
     RunningHash,
+    WriteBack,
     digest_and_sync,
     move_durably,
     size_and_sync,
@@ -70,6 +73,11 @@ log = logging.getLogger(__name__)
 #: committed ones (an agent repeats a commit within minutes).
 STALE_OPEN = 7 * 86400
 STALE_COMMITTED = 30 * 86400
+
+#: A PUT's socket reads at most this much at a time (asyncio's default is 256 KiB): measured over
+#: loopback, 1 MiB reads take a 200 MB upload from 0.79x to 0.89x of a bare handler's time
+#: (bench/record.py --part upload), fewer wake-ups of the loop for the same bytes.
+UPLOAD_READ = MIB
 
 #: Open uploads whose running sha256 is kept; past it the least recently written is dropped (its
 #: commit re-reads the file). A hasher is a few hundred bytes.
@@ -239,7 +247,7 @@ class UploadService:
         it back only when all it wrote is in it); None when there is none to trust."""
         running = self._running.pop(temp, None)
         if held == 0:  # an empty file: its hash is known
-            return RunningHash(hashlib.sha256(), 0)
+            return RunningHash()
         return running if running is not None and running.covered == held else None
 
     def _keep(self, temp: Path, running: RunningHash) -> None:
@@ -256,25 +264,29 @@ class UploadService:
         running = self._hasher(upload.temp, held)
         whole = False  # every chunk written and hashed, and the file closed without an error
         file = open(upload.temp, "ab")  # noqa: SIM115 (closed in finally, around awaits)
+        write_back = WriteBack(file.fileno())
         try:
-            async for chunk in request.content.iter_any():
-                if written + len(chunk) > limit:
-                    file.truncate(held)  # the whole request is refused: nothing of it stays
-                    written = 0
-                    raise Refusal(413, "past the declared size",
-                                  "too_big", offset=held)
-                try:
-                    file.write(chunk)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                        raise
-                    full = True
-                    break
-                written += len(chunk)
-                if running is not None:
-                    running.update(chunk)
+            with large_reads(request.transport):
+                async for chunk in request.content.iter_any():
+                    if written + len(chunk) > limit:
+                        file.truncate(held)  # the whole request is refused: nothing of it stays
+                        written = 0
+                        raise Refusal(413, "past the declared size",
+                                      "too_big", offset=held)
+                    try:
+                        file.write(chunk)
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                            raise
+                        full = True
+                        break
+                    written += len(chunk)
+                    write_back.wrote(len(chunk))
+                    if running is not None:
+                        running.update(chunk)
             whole = not full
         finally:
+            await write_back.finished()
             try:
                 file.close()
             except OSError:  # what reached the file stays: the next PUT resumes after it
@@ -420,6 +432,22 @@ def _answer(request: web.Request, refusal: Refusal) -> web.Response:
     request.app[SERVICES].metrics.upload_failures.labels(refusal.reason).inc()
     return web.json_response({"err_code": refusal.status, "err_msg": refusal.message,
                               **refusal.extra}, status=refusal.status)
+
+
+@contextmanager
+def large_reads(transport: asyncio.BaseTransport | None) -> Iterator[None]:
+    """``UPLOAD_READ``-byte socket reads for one request body, then the transport's own size
+    again (the connection may carry small requests next). Only where the transport has the
+    attribute (asyncio's plain sockets; not TLS or other loops)."""
+    before = getattr(transport, "max_size", None)
+    if not isinstance(before, int) or before >= UPLOAD_READ:
+        yield
+        return
+    transport.max_size = UPLOAD_READ  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        transport.max_size = before  # type: ignore[union-attr]
 
 
 async def _read_declaration(request: web.Request) -> Any:
