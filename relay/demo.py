@@ -18,10 +18,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from .agent import demo_video
 from .catalogue import CourseOverlap, NotFound
 from .config import Settings
 from .link import protocol
@@ -34,10 +36,18 @@ DEMO_COURSE_SECONDS = 2 * 3600
 DAY = 86_400
 
 
+#: The demo video's file is named after its picture's version: the agent makes the file only when
+#: it does not exist, so a data dir from before the clock overlay gets the new picture under the
+#: new name, and :func:`ensure_demo_camera` points its demo camera there (the old file stays).
+DEMO_VIDEO = f"demo-v{demo_video.VERSION}.mp4"
+#: Names the demo video had before: a demo camera still playing one of them is moved to DEMO_VIDEO.
+OLD_DEMO_VIDEOS = ("demo.mp4",)
+
+
 def demo_paths(settings: Settings) -> tuple[Path, Path, Path]:
     """The demo's key file, the agent's data dir and the demo video."""
     root = settings.data.resolve() / "demo"  # the camera names its file by absolute path
-    return root / "agent.key", root / "agent", root / "agent" / "demo.mp4"
+    return root / "agent.key", root / "agent", root / "agent" / DEMO_VIDEO
 
 
 async def demo_key(services: Services, key_file: Path) -> str:
@@ -63,6 +73,7 @@ async def ensure_demo_camera(services: Services, video: Path) -> None:
     gather_id = online[0]["gather_id"]
     cameras = await services.catalogue.cameras.of_gatherer(gather_id)
     if cameras:
+        await use_current_video(services, gather_id, cameras[0], video)
         await record_now(services, gather_id, cameras[0]["camera_id"])
         return
     try:
@@ -75,6 +86,18 @@ async def ensure_demo_camera(services: Services, video: Path) -> None:
     log.info("demo camera %d added to gatherer %d: %s", row["camera_id"], gather_id,
              transmit.get("err_msg"))
     await record_now(services, gather_id, row["camera_id"])
+
+
+async def use_current_video(services: Services, gather_id: int, camera: dict[str, Any],
+                            video: Path) -> None:
+    """A demo camera made by an older demo plays an older file: move it to this one's video."""
+    if camera["stream_mp4"] not in [str(video.with_name(name)) for name in OLD_DEMO_VIDEOS]:
+        return
+    row = await services.catalogue.cameras.update(camera["camera_id"],
+                                                  {"stream_mp4": str(video)})
+    transmit = await services.hub.send(gather_id, protocol.CAMERA_MOD, protocol.camera_state(row))
+    log.info("demo camera %d now plays %s: %s", row["camera_id"], video.name,
+             transmit.get("err_msg"))
 
 
 def _local_now(services: Services) -> dt.datetime:

@@ -104,10 +104,12 @@ def build_app(services: Services) -> web.Application:
     return app
 
 
-async def create_first_admin(services: Services) -> None:
-    """On an empty catalogue, create ``admin`` and print its password and credential once."""
+async def create_first_admin(services: Services) -> bool:
+    """On an empty catalogue, create ``admin`` and print its password and credential once.
+
+    Printed to stdout (the operator's terminal), never logged; returns whether it made one."""
     if await services.catalogue.accounts.count():
-        return
+        return False
     password = secrets.token_urlsafe(12)
     account = await services.catalogue.accounts.add("admin", password, is_admin=True)
     base = services.settings.base_url
@@ -121,6 +123,52 @@ async def create_first_admin(services: Services) -> None:
         f"    curl '{base}/api/v1/list_camera?token=TOKEN'\n",
         flush=True,
     )
+    return True
+
+
+def account_hints(name: str, settings: Settings) -> str:
+    """How to get an account's credential (or a new password) again: the commands, no secret."""
+    data = settings.data.resolve()
+    return (f"its API credential: `relay user credential {name} --data {data}`; "
+            f"a new password: `relay user password {name} --data {data}`")
+
+
+async def _first_administrator(services: Services) -> str | None:
+    accounts = [account for account in await services.catalogue.accounts.list() if account.is_admin]
+    names = [account.name for account in accounts]
+    return "admin" if "admin" in names else (names[0] if names else None)
+
+
+async def announce(services: Services, created: bool, demo: bool) -> None:
+    """Once listening: where to sign in. A restart logs how to get the credential again (it is
+    shown only on the first start); ``relay demo`` also prints the block to the terminal."""
+    settings = services.settings
+    name = await _first_administrator(services)
+    if name is None:
+        hint = (f"no administrator account: create one with `relay user add NAME --admin "
+                f"--data {settings.data.resolve()}`")
+    else:
+        hint = f"administrator account {name!r}: {account_hints(name, settings)}"
+    if not demo:
+        if not created:
+            log.info("%s", hint)
+        return
+    from .demo import DEMO_CAMERA
+
+    password = ("printed above (first start only); " if created else "") + \
+        (f"set one: relay user password {name} --data {settings.data.resolve()}" if name else "-")
+    lines = [
+        "",
+        "The demo is up. Open the console:",
+        f"  {settings.base_url}/admin   account: {name or '(none)'}",
+        f"  password:     {password}",
+    ]
+    if name:
+        lines.append(f"  API unionid:  relay user credential {name} --data {settings.data.resolve()}")
+    lines += [f"  The camera {DEMO_CAMERA!r} appears within seconds and records one-minute "
+              "slices; Ctrl-C stops the demo.", ""]
+    print("\n".join(lines), flush=True)
+    log.info("demo up: console %s/admin; %s", settings.base_url, hint)
 
 
 def build_metrics_app(metrics: Metrics) -> web.Application:
@@ -156,7 +204,7 @@ async def _listen(app: web.Application, setting: str, host: str, port: int,
 async def _serve(settings: Settings, demo: bool) -> None:
     services = await open_services(settings)
     await services.catalogue.gatherers.all_offline()
-    await create_first_admin(services)
+    created = await create_first_admin(services)
     app = build_app(services)
     if demo:
         from .demo import attach_demo_agent
@@ -176,6 +224,7 @@ async def _serve(settings: Settings, demo: bool) -> None:
         log.info("relay listening on %s (public URL %s, data in %s; /metrics on %s)",
                  settings.listen, settings.base_url, settings.data.resolve(),
                  settings.metrics_listen or "the same listener")
+        await announce(services, created, demo)
         # Everything loaded so far (modules, the app) lives as long as the process: keep it out of
         # the garbage collector's full passes, which otherwise walk it all and stall requests.
         gc.freeze()

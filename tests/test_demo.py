@@ -49,6 +49,13 @@ def test_the_demo_records_a_lesson_that_plays(tmp_path: Path):
         play_url = api("play_record", token=token, record_id=record["record_id"])["play_url"]
         with urllib.request.urlopen(play_url, timeout=30) as page:
             assert page.status == 200 and b"<video" in page.read()
+        # Where to click, printed once the demo is up (after the first start's password).
+        banner += (process.stdout.read() or b"").decode()  # type: ignore[union-attr]
+        password = re.search(r"account: admin\s+password: (\S+)", banner).group(1)  # type: ignore[union-attr]
+        data = (tmp_path / "data").resolve()
+        assert banner.index("password: ") < banner.index("The demo is up.")
+        assert f"{base}/admin   account: admin" in banner.split("The demo is up.")[1]
+        assert f"relay user credential admin --data {data}" in banner
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -58,6 +65,8 @@ def test_the_demo_records_a_lesson_that_plays(tmp_path: Path):
             process.wait()
     log = process.stderr.read().decode()  # type: ignore[union-attr]
     assert process.returncode == 0, log[-2000:]
+    assert f"demo up: console {base}/admin" in log and password not in log
+    assert credential not in log
     agent_log = "\n".join(path.read_text(errors="replace")
                           for path in (tmp_path / "data").rglob("*.log"))
     no_tracebacks({"demo": log, "agent": agent_log})
