@@ -24,8 +24,22 @@ class CommandError(Exception):
     """Ends the command with this message on stderr and exit status 1."""
 
 
+def shown_default(name: str) -> str:
+    """A setting's default as ``--help`` shows it: every one, 0 and empty too (the help text says
+    what empty means)."""
+    default = getattr(Settings(), name)
+    if default is None:
+        return "unset"
+    if default == "":
+        return "empty"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return str(default).replace("%", "%%")  # argparse formats help with %
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="data directory (RELAY_DATA; default ./data)")
+    parser.add_argument("--data", help=f"{HELP['data']} (RELAY_DATA; default: "
+                                       f"{shown_default('data')})")
     parser.add_argument("--config", help="TOML settings file (RELAY_CONFIG)")
 
 
@@ -39,10 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         _common(server)
         for field in dataclasses.fields(Settings):
             if field.name != "data":
-                default = getattr(Settings(), field.name)
-                shown = f"; default {default}" if default not in ("", None) else ""
                 server.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
-                                    help=f"{HELP[field.name]} (RELAY_{field.name.upper()}{shown})")
+                                    help=f"{HELP[field.name]} (RELAY_{field.name.upper()}; "
+                                         f"default: {shown_default(field.name)})")
 
     agent = commands.add_parser("agent", help="run the reference gatherer agent")
     agent.add_argument("--server", required=True, help="the relay's URL, e.g. http://relay:8080")

@@ -40,6 +40,7 @@ class Settings:
     webrtc_fallback_after: float = 4.0
     ice_addresses: str = ""
     ice_public_ip: str = ""
+    ice_ports: str = ""
     ice_deadline: float = 20.0
     play_ticket_ttl: int = 600
     session_ttl: int = 12 * 3600
@@ -70,6 +71,14 @@ class Settings:
         return host.strip("[]"), int(port)
 
     @property
+    def ice_port_range(self) -> range | None:
+        """The UDP ports of WebRTC host candidates (``ice_ports``), or None: any port."""
+        if not self.ice_ports:
+            return None
+        first, _, last = self.ice_ports.partition("-")
+        return range(int(first), int(last or first) + 1)
+
+    @property
     def base_url(self) -> str:
         """The URL clients reach us at, without a trailing slash."""
         if self.public_url:
@@ -94,10 +103,10 @@ class Settings:
 HELP = {
     "data": "data directory: relay.sqlite3 (WAL) and files/",
     "listen": "HOST:PORT to listen on",
-    "public_url": "how clients reach us, for play URLs and examples (default http://LISTEN)",
-    "storage_addr": "base of stored-file URLs (default: the public URL)",
-    "database_url": "SQLAlchemy URL of the catalogue (default: SQLite in the data dir)",
-    "timezone": "zone of the YYYY-MM-DD HH:MM:SS times answered (default: the server's)",
+    "public_url": "how clients reach us, for play URLs and examples; empty = http://LISTEN",
+    "storage_addr": "base of stored-file URLs; empty = the public URL",
+    "database_url": "SQLAlchemy URL of the catalogue; empty = SQLite in the data dir",
+    "timezone": "zone of the YYYY-MM-DD HH:MM:SS times answered; empty = the server's",
     "token_ttl": "API token lifetime, seconds",
     "command_timeout": "how long transmit waits for an agent, seconds",
     "agent_heartbeat": "ping interval on agent links, seconds; silent links go after 1.5 times it",
@@ -109,22 +118,25 @@ HELP = {
     "live_reconcile": "seconds between passes that stop orphan pushes and restart needed ones",
     "live_keyframe_interval": "at most one keyframe request per camera this often, seconds",
     "webrtc_fallback_after": "the page switches to MSE when WebRTC has not played by then, seconds",
-    "ice_addresses": "comma list of local addresses for ICE candidates (default: all but loopback)",
-    "ice_public_ip": "public address of a 1:1 NAT, advertised as a candidate too",
+    "ice_addresses": "comma list of local addresses for ICE candidates; empty = all but loopback",
+    "ice_public_ip": "public address of a 1:1 NAT (or of a container's host), advertised as a "
+                     "candidate too; empty = none",
+    "ice_ports": "FIRST-LAST: the UDP ports WebRTC host candidates bind (publish them from a "
+                 "container, see docs/DOCKER.md); one port per viewer; empty = any port",
     "ice_deadline": "a WebRTC viewer whose ICE has not connected by then is closed, seconds",
     "play_ticket_ttl": "how long a play URL can be opened, seconds",
     "session_ttl": "/admin session lifetime, seconds",
     "log_level": "debug, info, warning or error",
     "metrics_listen": "HOST:PORT that serves /metrics alone; the main listener then answers 404 "
-                      "for it (default: /metrics on the main listener)",
+                      "for it; empty = /metrics on the main listener",
     "header_timeout": "seconds a client has to send a whole request head, from connecting or from "
                       "a kept-alive request's first byte; then 408 and closed",
     "player_dir": "folder of the player pages",
     "upload_max_mb": "largest recording an agent may upload, MiB",
     "record_keep_days": "recordings older than this many days are deleted; 0 = kept forever",
     "storage_min_free": "bytes kept free for stored files: below it the oldest recordings are "
-                        "deleted (default: the smaller of 5 percent of the disk (or of storage_quota) "
-                        "and 2 GiB; 0 = none)",
+                        "deleted; unset = the smaller of 5 percent of the disk (or of "
+                        "storage_quota) and 2 GiB; 0 = none",
     "storage_quota": "cap on the bytes under the files directory, counted as a full disk when "
                      "reached; 0 = the whole disk",
     "retention_interval": "seconds between retention passes (age and free space)",
@@ -163,8 +175,19 @@ def _check_address(name: str, value: str) -> None:
         raise ConfigError(f"setting {name!r}: {value!r} is not HOST:PORT")
 
 
+def _check_ports(value: str) -> None:
+    first, sep, last = value.partition("-")
+    numbers = [first, last] if sep else [first]
+    if not all(n.strip().isascii() and n.strip().isdigit() for n in numbers) or \
+            not 0 < int(first) <= int(numbers[-1]) < 65536:
+        raise ConfigError(f"setting 'ice_ports': {value!r} is not FIRST-LAST (UDP ports, e.g. "
+                          "40000-40099)")
+
+
 def _validate(settings: Settings) -> Settings:
     _check_address("listen", settings.listen)
+    if settings.ice_ports:
+        _check_ports(settings.ice_ports)
     if settings.metrics_listen:
         _check_address("metrics_listen", settings.metrics_listen)
         if settings.metrics_address == (settings.host, settings.port):

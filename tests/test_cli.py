@@ -47,7 +47,11 @@ def test_first_start_prints_admin_and_credential_once(tmp_path: Path):
         token = get_json(f"{second.base_url}/api/v1/access_token?unionid={first.credential}")
         assert token["err_code"] == 0
     finally:
-        stop_relay(second)
+        restart_log = stop_relay(second)
+    # The restart logs how to get the credential (or a new password) again, never a secret.
+    assert f"`relay user credential admin --data {data.resolve()}`" in restart_log
+    assert f"`relay user password admin --data {data.resolve()}`" in restart_log
+    assert first.credential not in restart_log and first.password not in restart_log
 
 
 def make_catalogue(data: str) -> None:
@@ -148,14 +152,22 @@ def test_settings_from_toml_env_and_flags(tmp_path: Path):
     assert unknown.returncode == 1 and "colour" in unknown.stderr
 
 
-def test_every_setting_is_described_in_serve_help():
+def test_every_setting_is_described_in_serve_and_demo_help():
+    """Each Settings field has a help text, its flag, its variable and its default (0 and empty
+    too) in ``relay serve --help`` and ``relay demo --help``."""
     import dataclasses
 
     from relay.config import HELP, Settings
 
     assert set(HELP) == {field.name for field in dataclasses.fields(Settings)}
-    text = " ".join(relay("serve", "--help").stdout.split())  # as argparse wraps it
-    for field in dataclasses.fields(Settings):
-        flag = "--data" if field.name == "data" else f"--{field.name.replace('_', '-')}"
-        assert flag in text, flag
-    assert "default 500" in text and "RELAY_HEADER_TIMEOUT" in text
+    defaults = Settings()
+    for command in ("serve", "demo"):
+        text = " ".join(relay(command, "--help").stdout.split())  # as argparse wraps it
+        for field in dataclasses.fields(Settings):
+            flag = "--data" if field.name == "data" else f"--{field.name.replace('_', '-')}"
+            value = getattr(defaults, field.name)
+            shown = {None: "unset", "": "empty"}.get(value, str(value))  # type: ignore[call-overload]
+            help_text = " ".join(HELP[field.name].split())
+            entry = f"{help_text} (RELAY_{field.name.upper()}; default: {shown})"
+            assert f"{flag} {field.name.upper()} {entry}" in text, (command, flag, entry)
+        assert "default: 0)" in text and "RELAY_RECORD_KEEP_DAYS; default: 0" in text
