@@ -5,8 +5,11 @@ before the remote description, or Chrome's VP8 would win and H.264 bytes would g
 mDNS (``.local``) candidates are dropped from offers: resolving them costs aioice a second and the
 browser reaches us anyway (we learn its address from its checks). ``ice_addresses`` limits the
 addresses we gather on (tests use 127.0.0.1, which aioice otherwise skips); ``ice_public_ip``
-advertises each host candidate again under the NAT's public address (1:1 NAT). A PLI or FIR from
-the browser becomes the camera's shared, rate-limited keyframe request.
+advertises each host candidate again under the NAT's public address (1:1 NAT). ``ice_ports``
+binds the host candidates' UDP sockets within a port range, so a container can publish exactly
+those ports (docs/DOCKER.md): aioice 0.13 has no setting for it (it binds port 0; its upstream
+pull request #112 adds one), so :func:`limit_ice_ports` puts in its own host-candidate gathering.
+A PLI or FIR from the browser becomes the camera's shared, rate-limited keyframe request.
 
 A connection that has not connected within the ``ice_deadline`` setting (20 s by default) is closed:
 a client that posted an offer and vanished, or one whose network never lets ICE through, holds
@@ -16,11 +19,16 @@ nothing longer than that.
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
+import itertools
 import logging
 import re
+import socket
 from collections.abc import Awaitable, Callable
 
 import aioice.ice
+import aioice.turn
 import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -42,6 +50,82 @@ def limit_ice_addresses(addresses: list[str]) -> None:
     """Gather ICE candidates on these local addresses only (process-wide; empty: all but loopback)."""
     if addresses:
         aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
+
+
+_aioice_candidates = aioice.ice.Connection.get_component_candidates
+_turns = itertools.count()
+
+
+def limit_ice_ports(ports: range | None) -> None:
+    """Bind every host candidate's UDP socket to a free port of ``ports`` (process-wide, like
+    :func:`limit_ice_addresses`); None: any port, as aioice does by itself."""
+    if ports is None:
+        aioice.ice.Connection.get_component_candidates = _aioice_candidates  # type: ignore[method-assign]
+        return
+
+    async def get_component_candidates(self: aioice.ice.Connection, component: int,
+                                       addresses: list[str], timeout: int = 5
+                                       ) -> list[aioice.Candidate]:
+        return await _candidates_in(ports, self, component, addresses, timeout)
+
+    aioice.ice.Connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+    log.info("WebRTC host candidates bind UDP ports %d-%d", ports[0], ports[-1])
+
+
+def _bind_in(ports: range, address: str) -> socket.socket:
+    """A non-blocking UDP socket on ``address`` and a free port of ``ports``. The search starts a
+    little further on each time, so a port just freed is not the next one handed out."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(address, None, type=socket.SOCK_DGRAM,
+                                                   flags=socket.AI_NUMERICHOST)[0]
+    start = next(_turns)
+    for step in range(len(ports)):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((sockaddr[0], ports[(start + step) % len(ports)], *sockaddr[2:]))
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                continue
+            raise
+        sock.setblocking(False)
+        return sock
+    raise OSError(errno.EADDRINUSE, f"every port of ice_ports {ports[0]}-{ports[-1]} is in use")
+
+
+async def _candidates_in(ports: range, connection: aioice.ice.Connection, component: int,
+                         addresses: list[str], timeout: int) -> list[aioice.Candidate]:
+    """aioice's ``get_component_candidates`` with the host sockets bound within ``ports``: host
+    candidates, their server-reflexive ones (STUN, IPv4) and aioice's own relayed one (TURN)."""
+    loop = asyncio.get_running_loop()
+    candidates: list[aioice.Candidate] = []
+    hosts: list[aioice.ice.StunProtocol] = []
+    for address in addresses:
+        try:
+            sock = _bind_in(ports, address)
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: aioice.ice.StunProtocol(connection), sock=sock)
+        except OSError as exc:
+            log.warning("no WebRTC host candidate on %s: %s", address, exc)
+            continue
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
+        host, port = sock.getsockname()[:2]
+        protocol.local_candidate = aioice.Candidate(
+            foundation=aioice.ice.candidate_foundation("host", "udp", host), component=component,
+            transport="udp", priority=aioice.ice.candidate_priority(component, "host"), host=host,
+            port=port, type="host")
+        candidates.append(protocol.local_candidate)
+        hosts.append(protocol)
+    connection._protocols += hosts
+    reflexive = [asyncio.create_task(aioice.ice.server_reflexive_candidate(
+        protocol, connection.stun_server)) for protocol in hosts if connection.stun_server and
+        ipaddress.ip_address(protocol.local_candidate.host).version == 4]
+    relayed = await _aioice_candidates(connection, component, [], timeout)  # no hosts: TURN only
+    if reflexive:
+        done, pending = await asyncio.wait(reflexive, timeout=timeout)
+        candidates += [task.result()[0] for task in done if task.exception() is None]
+        for task in pending:
+            task.cancel()
+    return candidates + relayed
 
 
 def strip_mdns(sdp: str) -> str:
