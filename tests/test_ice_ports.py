@@ -165,6 +165,31 @@ async def test_chromium_plays_webrtc_through_the_range(system: LiveSystem, brows
     await settle(system)
 
 
+async def test_a_viewer_past_a_full_range_is_answered_without_candidates(
+        system: LiveSystem, http: aiohttp.ClientSession):
+    """Every port taken (here by the test): the answer has no host candidate, so the page's WebRTC
+    cannot connect and it falls back to MSE, as docs/DOCKER.md says; the relay logs why."""
+    await settle(system)
+    camera_id = system.cameras[0]
+    with contextlib.ExitStack() as stack:
+        for port in PORTS:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            sock.bind(("127.0.0.1", port))
+        session = await open_session(http, system, camera_id)
+        client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            client.addTransceiver("video", direction="recvonly")
+            await client.setLocalDescription(await client.createOffer())
+            status, _, answer = await call(http, system, camera_id, "webrtc", session,
+                                           json={"sdp": client.localDescription.sdp})
+        finally:
+            await client.close()
+    assert status == 200 and answer and answer_ports(answer["sdp"]) == [], answer
+    assert f"every port of ice_ports {PORTS[0]}-{PORTS[-1]} is in use" in system.relay_log.text()
+    assert (await call(http, system, camera_id, "bye", session))[0] == 204
+    await settle(system)
+
+
 def test_a_full_range_refuses_and_a_freed_port_is_used_again():
     ports = free_udp_range(3)
     with contextlib.ExitStack() as stack:
