@@ -264,7 +264,7 @@ def start(procs: Processes, tmp: Path, tree: Path) -> tuple[str, str, int, subpr
                                                              subprocess.Popen[bytes]]:
     from relay.agent.demo_video import make_demo_video
 
-    video = make_demo_video(tmp / "demo.mp4")
+    video = make_demo_video(tmp / "demo.mp4", seconds=10)
     data = tmp / "data"
     served = start_relay_serve(procs, data, tmp / "relay.log", RELAY_FLAGS, cwd=tree)
     key = subprocess.run([sys.executable, "-m", "relay", "agent-key", "add", "soak", "--data",

@@ -16,8 +16,7 @@ from .agent.config import AgentConfigError
 from .catalogue import AlreadyExists, Catalogue, CatalogueUnavailable, NotFound
 from .config import HELP, ConfigError, Settings, load_settings
 from .logs import setup_logging
-
-MIN_PASSWORD = 8
+from .passwords import MIN_LENGTH
 
 
 class CommandError(Exception):
@@ -170,8 +169,8 @@ def _new_password(name: str) -> str:
         password = getpass.getpass(f"Password for {name}: ")
         if getpass.getpass("Again: ") != password:
             raise CommandError("the passwords differ")
-    if len(password) < MIN_PASSWORD:
-        raise CommandError(f"the password needs at least {MIN_PASSWORD} characters")
+    if len(password) < MIN_LENGTH:
+        raise CommandError(f"the password needs at least {MIN_LENGTH} characters")
     return password
 
 

@@ -38,6 +38,9 @@ class AgentLink(Protocol):
 
     #: The agent's last recording report per camera (recording, spool_bytes, upload_error).
     recordings: dict[int, dict[str, Any]]
+    peer: str  # the address it connected from
+    version: str  # what its hello said it runs
+    since: float  # when it connected (unix seconds)
 
     async def request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
         """Send one command and return the agent's answer (``err_code``, ``err_msg``, data)."""
@@ -68,6 +71,10 @@ class Hub:
 
     def links(self) -> list[AgentLink]:
         return list(self._links.values())
+
+    def link(self, gather_id: int) -> AgentLink | None:
+        """The gatherer's live link, if any (the console reads its peer, version, since)."""
+        return self._links.get(gather_id)
 
     def online(self, gather_id: int) -> bool:
         return gather_id in self._links

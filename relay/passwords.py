@@ -14,6 +14,8 @@ import hmac
 import secrets
 
 _N, _R, _P = 2**15, 8, 1
+#: The shortest password an account may have (``relay user`` and the console alike).
+MIN_LENGTH = 8
 _MAXMEM = 64 * 1024 * 1024
 
 

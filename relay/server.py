@@ -25,7 +25,6 @@ from .connections import GuardedRunner
 from .hub import Hub
 from .link import endpoint as link_endpoint
 from .live import setup_live
-from .live.webrtc import limit_ice_ports
 from .logs import AccessLogger, redact
 from .metrics import Metrics
 from .present import Presenter
@@ -94,7 +93,6 @@ def build_app(services: Services) -> web.Application:
     ops.add_routes(app)
     link_endpoint.add_routes(app)
     setup_live(app)
-    limit_ice_ports(services.settings.ice_port_range)  # beside limit_ice_addresses (setup_live)
     setup_vod(app)
     if services.settings.metrics_address is None:
         app.router.add_get("/metrics", services.metrics.handle)

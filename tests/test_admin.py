@@ -20,8 +20,9 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-import relay.admin
-from relay.admin import FAILURE_WINDOW, LOGIN_CSRF_COOKIE, SESSION_COOKIE
+import relay.admin.sign_ins
+from relay.admin.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE
+from relay.admin.sign_ins import FAILURE_WINDOW
 
 ADMIN_PASSWORD = "correct horse"  # the password the api fixture gives ``admin``
 CSRF_FIELD = re.compile(r"<input type=hidden name=csrf value='([^']*)'>")
@@ -227,22 +228,25 @@ async def test_admin_signs_in_and_sees_exactly_their_credential(api, visitor):
     assert api.services.signer.verify("admin-session", session.value, 1) is not None
     assert browser.cookie(LOGIN_CSRF_COOKIE) is None  # the login cookie was cleared
 
-    page = await browser.get()
+    overview = await browser.get()
+    assert overview.status == 200
+    assert "Signed in as <b>admin</b> (administrator)" in overview.text
+    assert "id=no-api" not in overview.text and "id=sign-out" in overview.text
+    assert overview.headers["Cache-Control"] == "no-store"
+    assert overview.headers["X-Frame-Options"] == "DENY"
+    assert not overview.credentials  # the credential is on the accounts page only
+    # /admin/ is the same page.
+    assert "id=nav-accounts" in (await browser.get("/admin/")).text
+
+    page = await browser.get("/admin/accounts")
     assert page.status == 200
     assert page.credentials == [api.credential]
     assert page.credentials == [await current_credential(api)]
-    assert "Signed in as <b>admin</b> (administrator)" in page.text
     assert f"access_token?unionid={api.credential}" in page.text  # the example uses it
     assert "id=rotate" in page.text and "id=sign-out" in page.text
-    assert "id=no-api" not in page.text
-    assert page.headers["Cache-Control"] == "no-store"
-    assert page.headers["X-Frame-Options"] == "DENY"
-    # The session's CSRF token is not the login one, and both forms carry it.
-    assert len(CSRF_FIELD.findall(page.text)) == 2
+    # The session's CSRF token is not the login one; every form of the page carries it.
+    assert len(CSRF_FIELD.findall(page.text)) >= 2
     assert api.services.signer.verify("admin-csrf", page.csrf, 1) is not None
-
-    # /admin/ is the same page.
-    assert (await browser.get("/admin/")).credentials == [api.credential]
 
 
 async def test_cookies_are_secure_when_the_public_url_is_https(api, visitor):
@@ -268,8 +272,8 @@ async def test_non_admin_sees_no_credential_and_cannot_rotate(api, visitor):
     teacher = await api.services.catalogue.accounts.add("teacher", "password1", is_admin=False)
     browser = visitor()
     page = await browser.signed_in("teacher", "password1")
-    assert "<p id=no-api>" in page.text
-    assert "API access is for administrators" in page.text
+    assert "id=no-api>" in page.text
+    assert "API access, are for administrators" in page.text
     assert "Signed in as <b>teacher</b>." in page.text
     assert not page.credentials
     assert teacher.credential not in page.text and api.credential not in page.text
@@ -278,7 +282,9 @@ async def test_non_admin_sees_no_credential_and_cannot_rotate(api, visitor):
     # Even with their own valid CSRF token, a rotation is refused and changes nothing.
     refused = await browser.post("/admin/rotate", {"csrf": page.csrf})
     assert refused.status == 403
-    assert "API access is for administrators" in refused.text
+    assert "This is for administrators only" in refused.text
+    accounts = await browser.get("/admin/accounts")
+    assert accounts.status == 403 and not accounts.credentials
     assert await current_credential(api, "teacher") == teacher.credential
     assert await current_credential(api) == api.credential
     assert (await api.call("list_camera"))["err_code"] == 0
@@ -309,7 +315,7 @@ async def test_rotation_needs_the_sessions_csrf_token(api, visitor):
         assert reply.headers["X-Frame-Options"] == "DENY"
         assert await current_credential(api) == api.credential, data
 
-    assert (await browser.get()).credentials == [api.credential]
+    assert (await browser.get("/admin/accounts")).credentials == [api.credential]
     assert (await api.call("list_camera"))["err_code"] == 0
 
     # Without a session at all, the form only leads back to sign-in.
@@ -326,11 +332,11 @@ async def test_rotation_issues_a_new_credential_and_voids_the_old_one(api, visit
 
     reply = await browser.post("/admin/rotate", {"csrf": page.csrf})
     assert reply.status == 303
-    assert reply.headers["Location"] == "/admin?rotated=1"
+    assert reply.headers["Location"] == "/admin/accounts"
 
     after = await browser.get(reply.headers["Location"])
     assert after.status == 200
-    assert "A new credential was issued" in after.text
+    assert "a new credential was issued" in after.text
     [new_credential] = after.credentials
     assert new_credential != old_credential
     assert new_credential == await current_credential(api)
@@ -348,7 +354,7 @@ async def test_rotation_issues_a_new_credential_and_voids_the_old_one(api, visit
     assert listing["err_code"] == 0, listing
 
     # The session survives the rotation and its CSRF token still works.
-    assert (await browser.get()).credentials == [new_credential]
+    assert (await browser.get("/admin/accounts")).credentials == [new_credential]
 
 
 # Sessions
@@ -363,7 +369,7 @@ async def test_sign_out_ends_the_session_on_the_server(api, visitor):
     # Without the CSRF token, signing out is refused and the session lives on.
     refused = await browser.post("/admin/logout", {"csrf": "garbage"})
     assert refused.status == 403
-    assert (await (replay(visitor, session_cookie)).get()).credentials == [api.credential]
+    assert (await (replay(visitor, session_cookie)).get("/admin/accounts")).credentials == [api.credential]
 
     reply = await browser.post("/admin/logout", {"csrf": page.csrf})
     assert reply.status == 303 and reply.headers["Location"] == "/admin"
@@ -389,7 +395,7 @@ async def test_signing_out_one_session_leaves_the_others(api, visitor):
     await second.signed_in("admin", ADMIN_PASSWORD)
     assert (await first.post("/admin/logout", {"csrf": first_page.csrf})).status == 303
     assert (await first.get()).is_sign_in_form
-    assert (await second.get()).credentials == [api.credential]
+    assert (await second.get("/admin/accounts")).credentials == [api.credential]
 
 
 async def test_tampered_or_forged_session_cookies_are_ignored(api, visitor):
@@ -415,14 +421,14 @@ async def test_tampered_or_forged_session_cookies_are_ignored(api, visitor):
         assert page.is_sign_in_form, cookie
         assert not page.credentials and api.credential not in page.text
     # The genuine cookie still works, so the refusals above were about the tampering.
-    assert (await (replay(visitor, genuine)).get()).credentials == [api.credential]
+    assert (await (replay(visitor, genuine)).get("/admin/accounts")).credentials == [api.credential]
 
 
 async def test_sessions_expire_on_the_server(api, visitor):
     browser = visitor()
     await browser.signed_in("admin", ADMIN_PASSWORD)
     api.clock.advance(api.services.settings.session_ttl - 60)
-    assert (await browser.get()).credentials == [api.credential]
+    assert (await browser.get("/admin/accounts")).credentials == [api.credential]
     api.clock.advance(120)
     assert (await browser.get()).is_sign_in_form
 
@@ -445,12 +451,12 @@ async def test_eleventh_sign_in_after_ten_failures_is_refused_even_with_the_righ
     assert (await visitor().sign_in("admin", ADMIN_PASSWORD)).status == 429
 
     # Once the window has passed, the right password works again.
-    real = relay.admin.time.monotonic
+    real = relay.admin.sign_ins.time.monotonic
     monkeypatch.setattr(
-        relay.admin, "time", SimpleNamespace(monotonic=lambda: real() + FAILURE_WINDOW + 1)
+        relay.admin.sign_ins, "time", SimpleNamespace(monotonic=lambda: real() + FAILURE_WINDOW + 1)
     )
     assert (await browser.sign_in("admin", ADMIN_PASSWORD)).status == 303
-    assert (await browser.get()).credentials == [api.credential]
+    assert (await browser.get("/admin/accounts")).credentials == [api.credential]
 
 
 async def test_a_successful_sign_in_resets_the_failure_count(visitor):
@@ -497,7 +503,7 @@ async def test_another_accounts_success_does_not_clear_the_failures_against_one(
 
 
 def test_failures_count_per_account_across_addresses_and_a_success_clears_only_its_own():
-    failures = relay.admin.FailedSignIns(limit=3, window=60)
+    failures = relay.admin.sign_ins.FailedSignIns(limit=3, window=60)
     for address in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):  # one guess each, from three addresses
         assert failures.attempt(address, "boss")
     assert failures.blocked("10.0.0.4", "boss")  # the account has had its three

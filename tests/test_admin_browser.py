@@ -56,8 +56,9 @@ async def test_admin_signs_in_in_a_browser_and_the_credential_works(relay_server
         page = await context.new_page()
         await sign_in(page, base, "admin", relay_server.password)
         assert page.url == f"{base}/admin"
-        await expect(page.locator("h1")).to_have_text("云监控后台")
+        await expect(page.locator("h1")).to_have_text("总览 · Overview")
         await expect(page.locator("body")).to_contain_text("Signed in as admin (administrator)")
+        await page.click("#nav-accounts")
         credential = (await page.locator("#credential").text_content() or "").strip()
         assert credential == relay_server.credential
         assert credential in (await page.locator("#example").text_content() or "")
@@ -77,7 +78,7 @@ async def test_admin_signs_in_in_a_browser_and_the_credential_works(relay_server
 
             # Rotating in the browser shows a new credential; the old one stops working.
             await page.click("#rotate")
-            await expect(page.locator("#note")).to_contain_text("A new credential was issued")
+            await expect(page.locator("#flash")).to_contain_text("a new credential was issued")
             rotated = (await page.locator("#credential").text_content() or "").strip()
             assert rotated and rotated != credential
             old = await get_json(http, f"{base}/api/v1/access_token", unionid=credential)

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..catalogue import Account
 from ..services import Services
+from .errors import ApiError
 from .params import Params
 
 
@@ -43,3 +44,18 @@ def endpoint(name: str, *keys: str, needs_token: bool = True) -> Callable[[Handl
         return handler
 
     return register
+
+
+async def call_endpoint(services: Services, account: Account, name: str,
+                        values: dict[str, str]) -> dict[str, Any]:
+    """Run endpoint ``name`` in this process for an account already signed in (the console),
+    with the same parameter checks, rules and answer as over HTTP: ``err_code`` 0 and the
+    endpoint's fields, or the refusal's ``err_code``/``err_msg``/``err_param``."""
+    found = ENDPOINTS[name]
+    params = Params(values)
+    try:
+        params.allow_only(set(found.keys))
+        body = await found.handler(Call(params, services, account))
+    except ApiError as refusal:
+        return refusal.body()
+    return {"err_code": 0, "err_msg": "OK", **body}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, case, delete, func, select, update
+from sqlalchemy import Select, and_, case, delete, func, select, update
 
 from .database import Database
 from .errors import NotFound
@@ -102,20 +102,29 @@ class Records:
 
     # list_record's camera filter and retention (relay.vod.retention).
 
-    async def page_of(self, cur: int, per: int, camera_id: int | None = None) -> Page:
+    async def page_of(self, cur: int, per: int, camera_id: int | None = None,
+                      started: tuple[int, int] | None = None) -> Page:
         """One page, newest first, of every recording or of one camera's (``NotFound`` when
-        ``camera_id`` names no camera)."""
-        if camera_id is None:
+        ``camera_id`` names no camera); with ``started`` (unix seconds, from, until), only those
+        that started in [from, until) (the console's day filter)."""
+        if camera_id is None and started is None:
             return await self.page(cur, per)
-        mine = records.c.camera_id == camera_id
+        conditions = []
+        if camera_id is not None:
+            conditions.append(records.c.camera_id == camera_id)
+        if started is not None:
+            start = _started()
+            conditions += [start >= started[0], start < started[1]]
+        chosen = and_(*conditions)
         async with self._db.read() as conn:
-            known = (await conn.execute(
-                select(cameras.c.camera_id).where(cameras.c.camera_id == camera_id))).first()
-            if known is None:
-                raise NotFound(f"no camera {camera_id}", [camera_id], kind="camera")
+            if camera_id is not None:
+                known = (await conn.execute(
+                    select(cameras.c.camera_id).where(cameras.c.camera_id == camera_id))).first()
+                if known is None:
+                    raise NotFound(f"no camera {camera_id}", [camera_id], kind="camera")
             return await fetch_page(
-                conn, _listing().where(mine).order_by(records.c.record_id.desc()), cur, per,
-                select(func.count()).select_from(records).where(mine))
+                conn, _listing().where(chosen).order_by(records.c.record_id.desc()), cur, per,
+                select(func.count()).select_from(records).where(chosen))
 
     async def oldest(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
         """Up to ``limit`` recordings, earliest start first (only those that started before

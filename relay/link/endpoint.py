@@ -101,7 +101,7 @@ async def _welcome(request: web.Request, record: AgentKey, ws: web.WebSocketResp
     if ws.closed:  # it gave up while its registration waited: nothing to attach
         await links.presence.gatherer_offline(gather_id)
         return None
-    session = AgentSession(ws, gather_id, peer, record.key_id)
+    session = AgentSession(ws, gather_id, peer, record.key_id, hello["version"])
     previous = hub.attach(gather_id, session)
     if previous is not None:
         log.warning("gatherer %d (%s): a newer connection from %s replaces the one from %s",

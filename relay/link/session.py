@@ -42,11 +42,14 @@ class TokenBucket:
 
 
 class AgentSession:
-    def __init__(self, ws: web.WebSocketResponse, gather_id: int, peer: str, key_id: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, gather_id: int, peer: str, key_id: int,
+                 version: str = "") -> None:
         self.ws = ws
         self.gather_id = gather_id
         self.peer = peer
         self.key_id = key_id  # the agent key this link proved
+        self.version = version  # what the agent's hello said it runs (the console shows it)
+        self.since = time.time()  # when this link was made (wall clock, for people)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._welcomed = asyncio.Event()

@@ -12,7 +12,7 @@ from aiohttp import web
 from ..services import SERVICES
 from . import census, ingest, routes
 from .controller import LiveController, LiveTimings
-from .webrtc import limit_ice_addresses
+from .webrtc import limit_ice_addresses, limit_ice_ports
 
 
 def setup_live(app: web.Application) -> LiveController:
@@ -30,6 +30,7 @@ def setup_live(app: web.Application) -> LiveController:
         ),
     )
     limit_ice_addresses([a.strip() for a in settings.ice_addresses.split(",") if a.strip()])
+    limit_ice_ports(settings.ice_port_range)
     census.register(services.metrics.registry)
     app[ingest.LIVE] = controller
     app.router.add_get("/agent/media", ingest.media_endpoint)
