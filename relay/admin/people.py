@@ -111,7 +111,8 @@ async def set_role(request: web.Request, visit: Visit, form: dict[str, str]) -> 
         raise done(request, "/admin/accounts", "没有这个帐号 · No such account.", False) from None
     log.info("admin: %r made %r %s", visit.account.name, name,
              "an administrator" if to_admin else "a viewer")
-    raise done(request, "/admin/accounts", f"{name}: " + (
+    back = "/admin" if name == visit.account.name and not to_admin else "/admin/accounts"
+    raise done(request, back, f"{name}: " + (  # (one's own rights gone, the accounts page too)
         "现在是管理员 · now an administrator." if to_admin else "现在只能观看 · now a viewer."))
 
 
