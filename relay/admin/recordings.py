@@ -30,11 +30,14 @@ def day_range(services: Services, day: str) -> tuple[int, int] | None:
     except ValueError:
         return None
     zone = ZoneInfo(services.settings.timezone) if services.settings.timezone else None
-    start = dt.datetime.combine(date, dt.time(), zone)
-    if zone is None:
-        start = start.astimezone()  # the server's local zone
-    end = start + dt.timedelta(days=1)
-    return int(start.timestamp()), int(end.timestamp())
+    try:  # 0001-01-01 and 9999-12-31 are dates whose midnight or next one datetime cannot hold
+        start = dt.datetime.combine(date, dt.time(), zone)
+        if zone is None:
+            start = start.astimezone()  # the server's local zone
+        end = start + dt.timedelta(days=1)
+        return int(start.timestamp()), int(end.timestamp())
+    except (OverflowError, ValueError):
+        return None
 
 
 @page()

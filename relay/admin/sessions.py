@@ -119,6 +119,13 @@ def login_form(request: web.Request, error: str = "", status: int = 200) -> web.
 
 # -- flashes: what the last action did, shown once on the page it led to ----------------------
 
+def same(given: str, expected: str) -> bool:
+    """``given == expected`` in constant time, for any text a client sends: compare_digest
+    refuses non-ASCII str (a TypeError, answered 500), so both are compared as UTF-8 bytes."""
+    return secrets.compare_digest(given.encode("utf-8", "surrogatepass"),
+                                  expected.encode("utf-8", "surrogatepass"))
+
+
 def _flash_mac(services: Services, payload: str) -> str:
     return services.signer.sign("admin-flash", hashlib.sha256(payload.encode()).hexdigest()[:32])
 
@@ -139,7 +146,7 @@ def take_flash(request: web.Request) -> dict[str, Any] | None:
     cookie = request.cookies.get(FLASH_COOKIE, "")
     payload, _, mac = cookie.partition("~")
     services = request.app[SERVICES]
-    if not payload or not secrets.compare_digest(mac, _flash_mac(services, payload)):
+    if not payload or not same(mac, _flash_mac(services, payload)):
         return None
     try:
         flash = json.loads(base64.urlsafe_b64decode(payload.encode()))
@@ -182,7 +189,7 @@ def action(admin: bool = True) -> Callable[[Action], Callable[[web.Request], Awa
             visit = await visit_of(request)
             if visit is None:
                 raise web.HTTPSeeOther("/admin")
-            if not secrets.compare_digest(form.get("csrf", ""), visit.csrf):
+            if not same(form.get("csrf", ""), visit.csrf):
                 log.warning("admin: refused a form without a valid CSRF token from %s (%s)",
                             request.remote, request.path)
                 return message(request, "已拒绝 · Refused",

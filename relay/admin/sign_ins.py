@@ -5,14 +5,13 @@ while (429)."""
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections import deque
 
 from aiohttp import web
 
 from ..services import SERVICES
-from .sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Visit, action, login_form, secure
+from .sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Visit, action, login_form, same, secure
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ async def sign_in(request: web.Request) -> web.Response:
         return _too_many_failures(request, address, name)
     csrf = str(form.get("csrf", ""))
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not csrf or not secrets.compare_digest(csrf, cookie) or \
+    if not csrf or not same(csrf, cookie) or \
             services.signer.verify("login-csrf", csrf, 1) is None:
         return login_form(request, "表单已过期 · The form expired; please sign in again.", 403)
     if not failures.attempt(address, name):  # a failure until the password proves right
