@@ -26,7 +26,6 @@ from aiohttp import web
 from .agent import demo_video
 from .catalogue import CourseOverlap, NotFound
 from .config import Settings
-from .link import protocol
 from .services import SERVICES, Services
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ async def ensure_demo_camera(services: Services, video: Path) -> None:
         )
     except NotFound:
         return
-    transmit = await services.hub.send(gather_id, protocol.CAMERA_ADD, protocol.camera_state(row))
+    transmit = await services.hub.camera_added(row)
     log.info("demo camera %d added to gatherer %d: %s", row["camera_id"], gather_id,
              transmit.get("err_msg"))
     await record_now(services, gather_id, row["camera_id"])
@@ -95,7 +94,7 @@ async def use_current_video(services: Services, gather_id: int, camera: dict[str
         return
     row = await services.catalogue.cameras.update(camera["camera_id"],
                                                   {"stream_mp4": str(video)})
-    transmit = await services.hub.send(gather_id, protocol.CAMERA_MOD, protocol.camera_state(row))
+    transmit = await services.hub.camera_changed(row)
     log.info("demo camera %d now plays %s: %s", row["camera_id"], video.name,
              transmit.get("err_msg"))
 
@@ -110,7 +109,7 @@ async def record_now(services: Services, gather_id: int, camera_id: int) -> None
     its courses already covers now), both sent to the agent."""
     catalogue = services.catalogue
     settings = await catalogue.gatherers.update(gather_id, {"slice_val": 1})
-    await services.hub.send(gather_id, protocol.GATHER_MOD, protocol.gather_settings(settings))
+    await services.hub.gatherer_changed(settings)
     now = _local_now(services)
     second = now.hour * 3600 + now.minute * 60 + now.second
     start = max(0, second - 60)
@@ -122,8 +121,7 @@ async def record_now(services: Services, gather_id: int, camera_id: int) -> None
         log.info("demo camera %d already has a course now", camera_id)
         return
     schedule = await catalogue.courses.of_camera(camera_id)
-    transmit = await services.hub.send(gather_id, protocol.COURSES_SET,
-                                       protocol.course_list(camera_id, schedule))
+    transmit = await services.hub.schedules_changed([(gather_id, camera_id, schedule)])
     ends = (now + dt.timedelta(seconds=start + length - second)).strftime("%H:%M")
     log.info("demo camera %d records now (course %d, until about %s, one-minute slices): %s",
              camera_id, course["course_id"], ends, transmit.get("err_msg"))

@@ -1,5 +1,9 @@
 """The hub: the one way API commands reach gatherer agents, and how their answers come back.
 
+The hub is also the one door for desired state: the API, the console and the demo tell it what
+changed (``camera_added``, ``schedules_changed``, ...), and it alone turns that into protocol
+messages; nothing above it builds one.
+
 ``send`` returns the ``transmit`` object of an API answer: the agent's own reply (meaning it applied
 the command), 10002 when the gatherer has no live link, or 10003 when the agent did not answer within
 the command timeout. It never raises and never waits longer than the timeout. The catalogue already
@@ -14,6 +18,7 @@ import logging
 import time
 from typing import Any, Protocol
 
+from .link import protocol
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -129,3 +134,34 @@ class Hub:
                 for command, answer in zip(commands, answers, strict=True)
             ],
         }
+
+    # -- desired state, told to the agents ----------------------------------------------------
+
+    async def camera_added(self, row: dict[str, Any]) -> dict[str, Any]:
+        return await self.send(row["gather_id"], protocol.CAMERA_ADD, protocol.camera_state(row))
+
+    async def camera_changed(self, row: dict[str, Any]) -> dict[str, Any]:
+        return await self.send(row["gather_id"], protocol.CAMERA_MOD, protocol.camera_state(row))
+
+    async def cameras_deleted(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Deleted cameras (rows with ``gather_id`` and ``camera_id``): one command per gatherer."""
+        by_gatherer: dict[int, list[int]] = {}
+        for row in rows:
+            by_gatherer.setdefault(row["gather_id"], []).append(row["camera_id"])
+        return await self.send_each([(gather_id, protocol.CAMERA_DEL, {"camera_ids": ids})
+                                     for gather_id, ids in sorted(by_gatherer.items())])
+
+    async def camera_started(self, gather_id: int, camera_id: int, started: bool
+                             ) -> dict[str, Any]:
+        action = protocol.CAMERA_START if started else protocol.CAMERA_STOP
+        return await self.send(gather_id, action, {"camera_id": camera_id})
+
+    async def schedules_changed(self, schedules: list[tuple[int, int, list[dict[str, Any]]]]
+                                ) -> dict[str, Any]:
+        """Each camera's whole week, as (gather_id, camera_id, its courses)."""
+        return await self.send_each([
+            (gather_id, protocol.COURSES_SET, protocol.course_list(camera_id, courses))
+            for gather_id, camera_id, courses in schedules])
+
+    async def gatherer_changed(self, row: dict[str, Any]) -> dict[str, Any]:
+        return await self.send(row["gather_id"], protocol.GATHER_MOD, protocol.gather_settings(row))

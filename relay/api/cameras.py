@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections import defaultdict
 from typing import Any
 
 from ..catalogue import NotFound
@@ -88,7 +87,7 @@ async def add_camera(call: Call) -> dict[str, Any]:
         row = await call.services.catalogue.cameras.add(gather_id, fields)
     except NotFound as exc:
         raise ApiError(Code.NO_ID, "gather_id") from exc
-    transmit = await call.services.hub.send(gather_id, protocol.CAMERA_ADD, protocol.camera_state(row))
+    transmit = await call.services.hub.camera_added(row)
     return {"camera_id": row["camera_id"], "transmit": transmit}
 
 
@@ -118,7 +117,7 @@ async def mod_camera(call: Call) -> dict[str, Any]:
         row = await call.services.catalogue.cameras.update(camera_id, changes, _require_source)
     except NotFound as exc:
         raise ApiError(Code.NO_ID, "camera_id") from exc
-    transmit = await call.services.hub.send(row["gather_id"], protocol.CAMERA_MOD, protocol.camera_state(row))
+    transmit = await call.services.hub.camera_changed(row)
     return {"transmit": transmit}
 
 
@@ -130,12 +129,7 @@ async def del_camera(call: Call) -> dict[str, Any]:
     except NotFound as exc:
         raise ApiError(Code.NO_ID, "camera_id") from exc
     call.services.storage.remove(deleted.files)
-    by_gatherer: dict[int, list[int]] = defaultdict(list)
-    for row in deleted.cameras:
-        by_gatherer[row["gather_id"]].append(row["camera_id"])
-    transmit = await call.services.hub.send_each(
-        [(gid, protocol.CAMERA_DEL, {"camera_ids": ids}) for gid, ids in sorted(by_gatherer.items())]
-    )
+    transmit = await call.services.hub.cameras_deleted(deleted.cameras)
     return {"transmit": transmit}
 
 
@@ -163,8 +157,7 @@ async def _set_started(call: Call, started: int) -> dict[str, Any]:
         gather_id = await call.services.catalogue.cameras.set_started(camera_id, started)
     except NotFound as exc:
         raise ApiError(Code.NO_ID, "camera_id") from exc
-    action = protocol.CAMERA_START if started else protocol.CAMERA_STOP
-    transmit = await call.services.hub.send(gather_id, action, {"camera_id": camera_id})
+    transmit = await call.services.hub.camera_started(gather_id, camera_id, bool(started))
     return {"transmit": transmit}
 
 

@@ -12,7 +12,6 @@ import re
 from typing import Any
 
 from ..catalogue import CourseOverlap, NotFound
-from ..link import protocol
 from ..present import clock_time, page_fields
 from .errors import ApiError, Code
 from .params import Params
@@ -69,11 +68,9 @@ def _overlap(clash: CourseOverlap) -> ApiError:
 async def _notify(call: Call, camera_ids: list[tuple[int, int]]) -> dict[str, Any]:
     """Send each camera's whole schedule to its agent; ``camera_ids`` holds (gather_id, camera_id)."""
     catalogue = call.services.catalogue
-    commands = []
-    for gather_id, camera_id in camera_ids:
-        schedule = await catalogue.courses.of_camera(camera_id)
-        commands.append((gather_id, protocol.COURSES_SET, protocol.course_list(camera_id, schedule)))
-    return await call.services.hub.send_each(commands)
+    schedules = [(gather_id, camera_id, await catalogue.courses.of_camera(camera_id))
+                 for gather_id, camera_id in camera_ids]
+    return await call.services.hub.schedules_changed(schedules)
 
 
 @endpoint("list_course", "camera_id", "cur", "per")

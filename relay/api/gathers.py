@@ -6,7 +6,6 @@ from typing import Any
 
 from ..catalogue import NotFound
 from ..catalogue.gatherers import SETTINGS
-from ..link import protocol
 from ..present import page_fields
 from .errors import ApiError, Code
 from .params import Params
@@ -52,6 +51,5 @@ async def mod_gather(call: Call) -> dict[str, Any]:
         row = await call.services.catalogue.gatherers.update(gather_id, changes)
     except NotFound as exc:
         raise ApiError(Code.NO_ID, "gather_id") from exc
-    transmit = await call.services.hub.send(gather_id, protocol.GATHER_MOD,
-                                            protocol.gather_settings(row))
+    transmit = await call.services.hub.gatherer_changed(row)
     return {"transmit": transmit}
