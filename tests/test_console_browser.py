@@ -307,6 +307,16 @@ async def test_a_viewer_watches_and_can_do_nothing_else(site: Site, context):
     await expect(page.locator(f"li[data-camera='{site.camera_id}']")).to_be_visible()
     for hidden in ("#nav-keys", "#nav-accounts", "table.gatherers", "#credential"):
         assert await page.locator(hidden).count() == 0, hidden
+    # The overview refreshes by itself: a rename made elsewhere shows up without a reload.
+    renamed = "演示通道 Demo camera (east)"
+    site.client.call("mod_camera", camera_id=site.camera_id, camera_name=renamed)
+    try:
+        await expect(page.locator(f"li[data-camera='{site.camera_id}'] .name")).to_have_text(
+            renamed, timeout=15_000)
+        assert int(await page.locator("#live").get_attribute("data-refreshed") or 0) >= 1
+    finally:
+        site.client.call("mod_camera", camera_id=site.camera_id,
+                         camera_name="演示通道 Demo camera")
     await page.click(f"li[data-camera='{site.camera_id}'] a")
     await live_frames(page)
     assert await page.locator("form[action*='/courses'], #edit-camera, #stop-camera").count() == 0

@@ -106,7 +106,8 @@ SEEK = """async (at) => {
     for (let x = 0; x < canvas.width; x++) {
         let low = 255;
         // The lower part only: the demo picture's label and clock box sit at its top left.
-        for (let y = canvas.height >> 1; y < canvas.height; y += 4) low = Math.min(low, pixels[(y * canvas.width + x) * 4]);
+        for (let y = canvas.height >> 1; y < canvas.height; y += 4)
+            low = Math.min(low, pixels[(y * canvas.width + x) * 4]);
         if (low > 215 && bar < 0) bar = x;
         darkest = Math.min(darkest, low);
     }
