@@ -8,6 +8,7 @@ real HTTP client with its own cookie jar (``test_admin.Visitor``) against the ``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -484,3 +485,43 @@ async def test_a_non_ascii_login_csrf_is_refused_not_500(api, visitor):
     reply = await who.post("/admin/login", {"csrf": "\u00e9", "name": "admin",
                                             "password": ADMIN_PASSWORD})
     assert reply.status == 403 and reply.is_sign_in_form
+
+
+async def raw_request(api, head: bytes, body: bytes = b"") -> bytes:  # type: ignore[no-untyped-def]
+    """The status line the console answers to bytes no HTTP client library would send."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.client.server.port)
+    writer.write(head + b"\r\nHost: x\r\nConnection: close\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer.split(b"\r\n", 1)[0]
+
+
+async def test_cookies_and_fields_that_are_not_utf8_are_ignored_not_500(api, visitor):
+    """Cookie bytes that are not UTF-8 reach handlers as lone surrogates, which neither
+    ``str.encode`` nor ``compare_digest`` take: every check must still just say no."""
+    admin, csrf = await signed_in(visitor)
+    session = (admin.cookie(SESSION_COOKIE) or "").encode()
+    for cookie in (b"relay_flash=\xff~x", b"relay_flash=ab\xff~\xff", b"relay_flash=ab~\xff",
+                   b"relay_session=a.b.\xff", b"relay_session=\xff\xfe",
+                   b"relay_login_csrf=\xff"):
+        status = await raw_request(api, b"GET /admin HTTP/1.1\r\nCookie: " + cookie)
+        assert status == b"HTTP/1.1 200 OK", (cookie, status)
+    form = b"application/x-www-form-urlencoded"
+    status = await raw_request(
+        api, b"POST /admin/login HTTP/1.1\r\nContent-Type: " + form
+        + b"\r\nCookie: relay_login_csrf=\xff", b"csrf=%FF&name=admin&password=x")
+    assert status.startswith(b"HTTP/1.1 403"), status
+    status = await raw_request(
+        api, b"POST /admin/keys HTTP/1.1\r\nContent-Type: " + form
+        + b"\r\nCookie: relay_session=\xff", b"csrf=" + csrf.encode() + b"&name=k")
+    assert status.startswith(b"HTTP/1.1 303"), status
+    for field, answer in ((b"csrf=%FF%FE&name=k", b"403"), (b"csrf=%ED%A0%80&name=k", b"403"),
+                          (b"csrf=\xff&name=k", b"400")):
+        for path in (b"/admin/keys", b"/admin/login"):
+            status = await raw_request(
+                api, b"POST " + path + b" HTTP/1.1\r\nContent-Type: " + form
+                + b"\r\nCookie: relay_session=" + session, field)
+            assert status.startswith(b"HTTP/1.1 " + answer), (path, field, status)
+    assert not await api.services.catalogue.agent_keys.list()

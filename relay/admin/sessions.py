@@ -146,7 +146,7 @@ def take_flash(request: web.Request) -> dict[str, Any] | None:
     cookie = request.cookies.get(FLASH_COOKIE, "")
     payload, _, mac = cookie.partition("~")
     services = request.app[SERVICES]
-    if not payload or not same(mac, _flash_mac(services, payload)):
+    if not payload or not payload.isascii() or not same(mac, _flash_mac(services, payload)):
         return None
     try:
         flash = json.loads(base64.urlsafe_b64decode(payload.encode()))
@@ -177,6 +177,14 @@ def page(admin: bool = False) -> Callable[[Page], Callable[[web.Request], Awaita
     return wrap
 
 
+async def form_of(request: web.Request) -> dict[str, str]:
+    """The posted form; a body that is not UTF-8 (aiohttp raises UnicodeDecodeError) is 400."""
+    try:
+        return {key: str(value) for key, value in (await request.post()).items()}
+    except ValueError:
+        raise web.HTTPBadRequest(text="表单无法读取 · The form could not be read.") from None
+
+
 Action = Callable[[web.Request, Visit, dict[str, str]], Awaitable[web.StreamResponse]]
 
 
@@ -185,7 +193,7 @@ def action(admin: bool = True) -> Callable[[Action], Callable[[web.Request], Awa
 
     def wrap(handler: Action) -> Callable[[web.Request], Awaitable[Any]]:
         async def serve(request: web.Request) -> web.StreamResponse:
-            form = {key: str(value) for key, value in (await request.post()).items()}
+            form = await form_of(request)
             visit = await visit_of(request)
             if visit is None:
                 raise web.HTTPSeeOther("/admin")

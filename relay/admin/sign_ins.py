@@ -11,7 +11,7 @@ from collections import deque
 from aiohttp import web
 
 from ..services import SERVICES
-from .sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Visit, action, login_form, same, secure
+from .sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Visit, action, form_of, login_form, same, secure
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +93,11 @@ async def sign_in(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     failures = request.app[FAILED_SIGN_INS]
     address = request.remote or "?"
-    form = await request.post()
-    name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:1024]
+    form = await form_of(request)
+    name, password = form.get("name", "")[:64], form.get("password", "")[:1024]
     if failures.blocked(address, name):
         return _too_many_failures(request, address, name)
-    csrf = str(form.get("csrf", ""))
+    csrf = form.get("csrf", "")
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not csrf or not same(csrf, cookie) or \
             services.signer.verify("login-csrf", csrf, 1) is None:
