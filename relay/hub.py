@@ -51,6 +51,10 @@ class AgentLink(Protocol):
         """Send one command and return the agent's answer (``err_code``, ``err_msg``, data)."""
         ...
 
+    async def close(self, reason: str, code: int = 4000) -> None:
+        """End the link (a newer one replaced it, or the relay is stopping)."""
+        ...
+
 
 class Hub:
     def __init__(self, timeout: float, metrics: Metrics | None = None) -> None:

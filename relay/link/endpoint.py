@@ -105,8 +105,8 @@ async def _welcome(request: web.Request, record: AgentKey, ws: web.WebSocketResp
     previous = hub.attach(gather_id, session)
     if previous is not None:
         log.warning("gatherer %d (%s): a newer connection from %s replaces the one from %s",
-                    gather_id, hello["mac_addr"], peer, getattr(previous, "peer", "?"))
-        await previous.close("replaced by a newer connection for the same gatherer")  # type: ignore[attr-defined]
+                    gather_id, hello["mac_addr"], peer, previous.peer)
+        await previous.close("replaced by a newer connection for the same gatherer")
     log.info("agent %s (key %r, version %s) connected from %s as gatherer %d", hello["name_pc"],
              record.name, hello["version"], peer, gather_id)
     if await session.welcome(state):
@@ -214,7 +214,7 @@ LINKS = web.AppKey("agent_links", Links)
 async def close_all(app: web.Application) -> None:
     """On shutdown: tell every agent we are going, so it reconnects as soon as we are back."""
     hub = app[SERVICES].hub
-    await asyncio.gather(*(link.close("relay shutting down", code=1001)  # type: ignore[attr-defined]
+    await asyncio.gather(*(link.close("relay shutting down", code=1001)
                            for link in hub.links()), return_exceptions=True)
 
 
