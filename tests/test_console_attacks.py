@@ -525,3 +525,40 @@ async def test_cookies_and_fields_that_are_not_utf8_are_ignored_not_500(api, vis
                 + b"\r\nCookie: relay_session=" + session, field)
             assert status.startswith(b"HTTP/1.1 " + answer), (path, field, status)
     assert not await api.services.catalogue.agent_keys.list()
+
+
+async def test_a_path_cannot_forge_log_lines(api, visitor, caplog):
+    """The refusal logs name the path; a %0A in it must not start a line of its own."""
+    caplog.set_level(logging.DEBUG)
+    site = await hostile_site(api)
+    await api.services.catalogue.accounts.add(VIEWER, VIEWER_PASSWORD, is_admin=False)
+    admin, _ = await signed_in(visitor)
+    teacher, teacher_csrf = await signed_in(visitor, VIEWER, VIEWER_PASSWORD)
+    for template in admin_routes(api, "POST"):
+        if "{id}" not in template:
+            continue
+        path = template.replace("{id}", "1%0Aadmin: forged%0D%0Aline")
+        assert (await admin.post(path, {"csrf": "stale"})).status == 403
+        assert (await teacher.post(path, {"csrf": teacher_csrf})).status == 403
+    refusals = [record.getMessage() for record in caplog.records
+                if record.name.startswith("relay.admin")]
+    assert sum("forged" in line for line in refusals) >= 2 * len(
+        [t for t in admin_routes(api, "POST") if "{id}" in t])
+    for line in refusals:
+        assert "\n" not in line and "\r" not in line, line
+    # nothing was started or stopped by any of it
+    assert (await api.services.catalogue.cameras.get(site.camera_id))["started"]
+
+
+@pytest.mark.parametrize("target", [b"//evil.example", b"//evil.example/admin", b"/\\evil.example",
+                                    b"/admin//evil.example", b"/%2F%2Fevil.example",
+                                    b"/admin/static/..%2F..%2Fsessions.py",
+                                    b"/admin/static/%2e%2e/sessions.py", b"/admin/static//x"])
+async def test_odd_request_targets_never_redirect_off_site(api, target):
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.client.server.port)
+    writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    head = (await reader.read()).split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    writer.close()
+    assert head.startswith("HTTP/1.1 404"), head
+    assert "location:" not in head.lower()

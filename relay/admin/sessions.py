@@ -198,13 +198,13 @@ def action(admin: bool = True) -> Callable[[Action], Callable[[web.Request], Awa
             if visit is None:
                 raise web.HTTPSeeOther("/admin")
             if not same(form.get("csrf", ""), visit.csrf):
-                log.warning("admin: refused a form without a valid CSRF token from %s (%s)",
-                            request.remote, request.path)
+                log.warning("admin: refused a form without a valid CSRF token from %s (%r)",
+                            request.remote, request.path)  # %r: a path's %0A forges no line
                 return message(request, "已拒绝 · Refused",
                                "表单已过期，请重新载入页面 · This form has expired; reload the page.",
                                403, visit)
             if admin and not visit.account.is_admin:
-                log.warning("admin: %r (not an administrator) was refused %s",
+                log.warning("admin: %r (not an administrator) was refused %r",
                             visit.account.name, request.path)
                 return message(request, "已拒绝 · Refused", ADMINS_ONLY, 403, visit)
             return await handler(request, visit, form)
