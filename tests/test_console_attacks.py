@@ -24,6 +24,7 @@ import pytest
 from test_admin import ADMIN_PASSWORD, Visitor
 
 from relay.admin.sessions import FLASH_COOKIE, SESSION_COOKIE
+from relay.link import protocol
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(2)>'
@@ -562,3 +563,65 @@ async def test_odd_request_targets_never_redirect_off_site(api, target):
     writer.close()
     assert head.startswith("HTTP/1.1 404"), head
     assert "location:" not in head.lower()
+
+
+async def answer_commands(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Play the agent's part: every command done at once, so no page waits for its timeout."""
+    async for message in ws:
+        command = json.loads(message.data)
+        if command.get("type") == "command":
+            await ws.send_json({"type": "reply", "id": command["id"], "err_code": 0,
+                                "err_msg": "", "data": {}})
+
+
+async def test_what_a_hostile_agent_reports_is_escaped(api, visitor):
+    """A gatherer's agent is another machine: its hello (version, name, os) and its recording
+    reports (upload and record errors) reach the overview and the camera page as text only."""
+    key = await api.services.catalogue.agent_keys.add("hostile")
+    ws = await api.client.ws_connect("/agent", headers={"Authorization": f"Bearer {key}"})
+    answering: asyncio.Task[None] | None = None
+    try:
+        await ws.send_json({"type": "hello", "protocol": protocol.PROTOCOL, "version": SCRIPT,
+                            "mac_addr": "02:00:00:00:00:bb", "ip_addr": "127.0.0.1",
+                            "name_pc": HOSTILE, "os_name": HOSTILE, "devices": []})
+        welcome = await ws.receive_json(timeout=5)
+        assert welcome["type"] == "welcome", welcome
+        gather_id = welcome["gather_id"]
+        answering = asyncio.create_task(answer_commands(ws))
+        camera_id = await api.camera(gather_id, "gate")
+        await ws.send_json({"type": "recording", "camera_id": camera_id, "recording": 1,
+                            "spool_bytes": 0, "upload_error": HOSTILE, "record_error": IMG})
+        for _ in range(100):
+            if api.services.hub.recording(gather_id, camera_id):
+                break
+            await asyncio.sleep(0.05)
+        assert api.services.hub.recording(gather_id, camera_id)["upload_error"] == HOSTILE
+        admin, _ = await signed_in(visitor)
+        for path in ("/admin", "/admin/overview/live", f"/admin/cameras/{camera_id}",
+                     f"/admin/gatherers/{gather_id}"):
+            page = await admin.get(path)
+            assert page.status == 200, path
+            assert_no_raw_payload(page.text, path)
+            assert "&lt;script&gt;" in page.text, path
+            tags = Tags()
+            tags.feed(page.text)
+            assert not tags.handlers and tags.inline_scripts == 0, path
+    finally:
+        if answering is not None:
+            answering.cancel()
+        await ws.close()
+
+
+async def test_a_demoted_administrator_is_refused_at_once(api, visitor):
+    """Roles are read from the catalogue on every request, not remembered in the session."""
+    await api.services.catalogue.accounts.add("deputy", "password2", is_admin=True)
+    deputy, deputy_csrf = await signed_in(visitor, "deputy", "password2")
+    admin, csrf = await signed_in(visitor)
+    assert (await deputy.get("/admin/keys")).status == 200
+    reply = await admin.post("/admin/accounts/role", {"csrf": csrf, "name": "deputy",
+                                                      "is_admin": "0"})
+    assert reply.status == 303
+    assert (await deputy.get("/admin/keys")).status == 403
+    reply = await deputy.post("/admin/keys", {"csrf": deputy_csrf, "name": "sneaky"})
+    assert reply.status == 403
+    assert not await api.services.catalogue.agent_keys.list()
