@@ -41,6 +41,7 @@ class Settings:
     ice_addresses: str = ""
     ice_public_ip: str = ""
     ice_ports: str = ""
+    node_url: str = ""
     ice_deadline: float = 20.0
     play_ticket_ttl: int = 600
     session_ttl: int = 12 * 3600
@@ -121,6 +122,8 @@ HELP = {
     "ice_addresses": "comma list of local addresses for ICE candidates; empty = all but loopback",
     "ice_public_ip": "public address of a 1:1 NAT (or of a container's host), advertised as a "
                      "candidate too; empty = none",
+    "node_url": "this node's own http(s):// URL for the agents' live media sockets (live.start "
+                "names it; for nodes behind one balanced URL); empty = beside the agent's link URL",
     "ice_ports": "FIRST-LAST: the UDP ports WebRTC host candidates bind (publish them from a "
                  "container, see docs/DOCKER.md); one port per viewer; empty = any port",
     "ice_deadline": "a WebRTC viewer whose ICE has not connected by then is closed, seconds",
@@ -193,7 +196,7 @@ def _validate(settings: Settings) -> Settings:
         if settings.metrics_address == (settings.host, settings.port):
             raise ConfigError("setting 'metrics_listen': must differ from 'listen' (leave it empty "
                               "to serve /metrics on the main listener)")
-    for name in ("public_url", "storage_addr"):
+    for name in ("public_url", "storage_addr", "node_url"):
         url = getattr(settings, name)
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError(f"setting {name!r}: {url!r} must start with http:// or https://")

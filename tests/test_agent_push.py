@@ -430,3 +430,36 @@ async def test_mode_1_never_fetches_a_url_and_stays_inside_the_media_folders(
     assert "outside this gatherer's media folders" in (await relay.status(30, 0))["err_msg"]
     assert (await relay.status(31, 1))["status"] == 1
     assert "outside" in (await relay.status(32, 0))["err_msg"]
+
+
+async def test_the_push_goes_where_live_start_names_not_beside_the_link(start: Start, videos,
+                                                                       aiohttp_server):
+    """``media_url`` names the node that owns the camera's live state (another port here); a URL
+    the agent must not send its key to is a malformed command, and nothing connects anywhere."""
+    relay, agent = await start(camera(videos["demo"]))
+    await relay.status(7, 1)
+    owner = FakeRelay(relay.state)
+    owner_server = await aiohttp_server(owner.app)
+    media_url = str(owner_server.make_url("/agent/media")).replace("http://", "ws://")
+    reply = await relay.command(protocol.LIVE_START, camera_id=7, push_id="elsewhere",
+                                media_url=media_url)
+    assert reply["err_code"] == protocol.OK, reply
+    media = await owner.next_media()
+    assert (media.camera_id, media.push_id, media.authorization) == (7, "elsewhere",
+                                                                     f"Bearer {KEY}")
+    assert (await media.frame()).keyframe
+    assert relay.media.empty()  # nothing beside the link
+    for bad in ("http://127.0.0.1/agent/media", "ws://user:pw@127.0.0.1/agent/media",
+                "ws://127.0.0.1/agent/media?push_id=x", "ws:///agent/media", "ws://a b/", 7,
+                "ws://" + "a" * 2000):
+        refused = await relay.command(protocol.LIVE_START, camera_id=7, push_id="bad",
+                                      media_url=bad)
+        assert refused["err_code"] == protocol.BAD_COMMAND, (bad, refused)
+    await asyncio.sleep(0.3)
+    assert relay.media.empty() and owner.media.empty()
+    assert agent.pushes[7].push_id == "elsewhere"  # the refused starts replaced nothing
+
+
+def test_media_url_of_a_node():
+    assert protocol.media_url_of("http://10.0.0.5:8080") == "ws://10.0.0.5:8080/agent/media"
+    assert protocol.media_url_of("https://node-2.example/") == "wss://node-2.example/agent/media"

@@ -299,7 +299,7 @@ class Agent:
             return protocol.answer(protocol.SOURCE_DOWN, self._down_message(camera_id, source))
         if self._http is None:
             return protocol.answer(protocol.BAD_COMMAND, "the agent is not running")
-        url = self.media_url(camera_id, push_id)
+        url = self.media_url(camera_id, push_id, data.get("media_url"))
         try:
             ws = await asyncio.wait_for(self._http.ws_connect(
                 url, headers={"Authorization": f"Bearer {self._key}"}, heartbeat=protocol.HEARTBEAT,
@@ -340,9 +340,12 @@ class Agent:
         forced = camera_id in self.pushes and source is not None and source.request_keyframe()
         return protocol.answer(data={"camera_id": camera_id, "forced": forced})
 
-    def media_url(self, camera_id: int, push_id: str) -> str:
-        """``ws(s)://relay/…/agent/media?camera_id=N&push_id=P``, beside the link's URL."""
-        return f"{self.url}/media?{urlencode({'camera_id': camera_id, 'push_id': push_id})}"
+    def media_url(self, camera_id: int, push_id: str, given: Any = None) -> str:
+        """``<media_url>?camera_id=N&push_id=P``: where ``live.start`` said (the node that owns
+        the camera's live state), else beside the link's URL (``ws(s)://relay/…/agent/media``).
+        A ``media_url`` that is not a plain ws(s) URL is a malformed command (``ValueError``)."""
+        base = protocol.checked_media_url(given) if given is not None else f"{self.url}/media"
+        return f"{base}?{urlencode({'camera_id': camera_id, 'push_id': push_id})}"
 
     def _down_message(self, camera_id: int, source: CameraSource | None) -> str:
         if source is None:

@@ -19,10 +19,12 @@ Every message is one JSON object in a WebSocket text frame.
 
 Live video travels apart from commands, on its own WebSocket per push:
 
-* relay → agent command ``live.start`` ``{"camera_id", "push_id"}``: start pushing that camera. The
-  agent opens ``GET /agent/media?camera_id=N&push_id=P`` (same ``Authorization`` header) and answers
-  the command once that socket is open. Starting a push that already runs with the same push_id
-  changes nothing; a new push_id replaces the old push.
+* relay → agent command ``live.start`` ``{"camera_id", "push_id", "media_url"}``: start pushing that
+  camera. The agent opens ``GET <media_url>?camera_id=N&push_id=P`` (same ``Authorization`` header)
+  and answers the command once that socket is open. ``media_url`` (``ws(s)://…/agent/media``, sent
+  when the relay has a ``node_url``) names the node that owns the camera's live state, which need
+  not be the one the link reached; without it the agent opens ``/agent/media`` beside its link. Starting a push
+  that already runs with the same push_id changes nothing; a new push_id replaces the old push.
 * ``live.stop`` ``{"camera_id", "push_id"}``: stop that push, only if ``push_id`` is the one running
   (so a late stop never ends a newer start). ``live.keyframe`` ``{"camera_id"}``: send an IDR soon
   (an agent that passes the source through cannot force one and answers OK all the same).
@@ -39,6 +41,7 @@ import hashlib
 import re
 import struct
 from typing import Any
+from urllib.parse import urlsplit
 
 PROTOCOL = 1
 MAX_MESSAGE = 256 * 1024
@@ -115,6 +118,27 @@ def is_file_path(value: str) -> bool:
     nor a network share (``//host/x``, ``\\\\host\\x``): the agent would fetch whatever it names."""
     return (bool(_ABSOLUTE.match(value)) and not _URL_SCHEME.match(value)
             and not any(ord(ch) < 32 for ch in value))
+
+
+MAX_URL = 1024
+
+
+def media_url_of(base_url: str) -> str:
+    """The ``media_url`` of a relay reached at ``base_url`` (``http(s)://…``)."""
+    scheme, _, rest = base_url.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest.rstrip('/')}/agent/media"
+
+
+def checked_media_url(value: Any) -> str:
+    """A ``live.start``'s ``media_url`` the agent may send its key to: ``ws(s)://host…``, without
+    userinfo, query, fragment or control characters (``ValueError`` otherwise)."""
+    if not isinstance(value, str) or len(value) > MAX_URL or any(ord(ch) < 33 for ch in value):
+        raise ValueError("media_url must be a short ws(s):// URL")
+    parts = urlsplit(value)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or "@" in parts.netloc \
+            or parts.query or parts.fragment:
+        raise ValueError("media_url must be a ws(s)://host/... URL")
+    return value
 
 
 def push_label(push_id: str) -> str:

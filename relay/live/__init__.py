@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..link import protocol
 from ..services import SERVICES
 from . import census, ingest, routes
 from .controller import LiveController, LiveTimings
@@ -28,6 +29,7 @@ def setup_live(app: web.Application) -> LiveController:
             heartbeat=settings.live_heartbeat,
             ice_deadline=settings.ice_deadline,
         ),
+        protocol.media_url_of(settings.node_url) if settings.node_url else "",
     )
     limit_ice_addresses([a.strip() for a in settings.ice_addresses.split(",") if a.strip()])
     limit_ice_ports(settings.ice_port_range)

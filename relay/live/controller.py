@@ -88,9 +88,11 @@ class CameraLive:
 
 
 class LiveController:
-    def __init__(self, catalogue: Catalogue, hub: Hub, metrics: Metrics, timings: LiveTimings
-                 ) -> None:
+    def __init__(self, catalogue: Catalogue, hub: Hub, metrics: Metrics, timings: LiveTimings,
+                 media_url: str = "") -> None:
         self._catalogue = catalogue
+        #: Where agents push to this node (``live.start`` says so); empty: beside their link.
+        self._media_url = media_url
         self._hub = hub
         self._metrics = metrics
         self.timings = timings
@@ -261,8 +263,10 @@ class LiveController:
     async def _start_push(self, camera: CameraLive, push_id: str, number: int) -> None:
         log.info("camera %d: asking gatherer %d to push (push #%d, %s)", camera.camera_id,
                  camera.gather_id, number, protocol.push_label(push_id))
-        transmit = await self._hub.send(camera.gather_id, protocol.LIVE_START,
-                                        {"camera_id": camera.camera_id, "push_id": push_id})
+        start: dict[str, Any] = {"camera_id": camera.camera_id, "push_id": push_id}
+        if self._media_url:
+            start["media_url"] = self._media_url
+        transmit = await self._hub.send(camera.gather_id, protocol.LIVE_START, start)
         if transmit.get("err_code") and camera.push_id == push_id:
             camera.error = str(transmit.get("err_msg", ""))
             log.warning("camera %d: push #%d refused: %s", camera.camera_id, number, camera.error)
