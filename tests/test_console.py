@@ -149,3 +149,30 @@ async def test_a_new_agent_key_is_shown_once_and_works(api, admin):
     assert again.startswith("error: 未创建 · Not created:") and "already exists" in again
     assert (await act(visitor, "/admin/keys", csrf, name="no spaces")).startswith("error:")
     assert (await act(visitor, "/admin/keys", csrf, name="x", gatherers="0")).startswith("error:")
+
+
+async def test_a_new_password_ends_the_accounts_other_sessions(api, admin):
+    """A session stolen before a reset does not outlive it; the one making the change goes on."""
+    visitor, csrf = admin
+    await api.services.catalogue.accounts.add("teacher", "password1", is_admin=False)
+    base = f"http://{api.client.server.host}:{api.client.server.port}"
+    teacher = Visitor(base)
+    try:
+        await teacher.signed_in("teacher", "password1")
+        said = await act(visitor, "/admin/accounts/password", csrf, name="teacher",
+                         password="a new one here")
+        assert said == "ok: teacher: 密码已更改 · password changed."
+        assert (await teacher.get()).is_sign_in_form  # the old session is gone
+        assert (await teacher.sign_in("teacher", "password1")).status == 401
+        assert (await teacher.sign_in("teacher", "a new one here")).status == 303
+        # An administrator changing their own password keeps the session they did it from.
+        other = Visitor(base)
+        await other.signed_in("admin", ADMIN_PASSWORD)
+        said = await act(visitor, "/admin/accounts/password", csrf, name="admin",
+                         password="another horse")
+        assert said.startswith("ok: admin:")
+        assert not (await visitor.get()).is_sign_in_form
+        assert (await other.get()).is_sign_in_form
+        await other.http.close()
+    finally:
+        await teacher.http.close()

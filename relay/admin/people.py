@@ -123,7 +123,7 @@ async def set_password(request: web.Request, visit: Visit, form: dict[str, str]
     if problem := _password_problem(password):
         raise done(request, "/admin/accounts", problem, False)
     try:
-        await request.app[SERVICES].catalogue.accounts.set_password(name, password)
+        await request.app[SERVICES].catalogue.accounts.set_password(name, password, visit.token)
     except NotFound:
         raise done(request, "/admin/accounts", "没有这个帐号 · No such account.", False) from None
     log.info("admin: %r set the password of %r", visit.account.name, name)

@@ -155,8 +155,24 @@ class Accounts:
     async def set_admin(self, name: str, is_admin: bool) -> None:
         await self._set(name, is_admin=int(is_admin))
 
-    async def set_password(self, name: str, password: str) -> None:
-        await self._set(name, password_hash=await passwords.hash_password_async(password))
+    async def set_password(self, name: str, password: str, keep_session: str = "") -> None:
+        """A new password; every sign-in session of the account ends with the old one (a stolen
+        session must not outlive a reset), except ``keep_session``: the one setting it."""
+        password_hash = await passwords.hash_password_async(password)
+        kept = _session_hash(keep_session) if keep_session else ""
+        try:
+            async with self._db.write() as conn:
+                found = (await conn.execute(
+                    select(accounts.c.account_id).where(accounts.c.name == name))).first()
+                if found is None:
+                    raise NotFound(f"no account named {name!r}")
+                await conn.execute(update(accounts).where(accounts.c.account_id == found[0])
+                                   .values(password_hash=password_hash,
+                                           updated=int(self._clock())))
+                await conn.execute(delete(sessions).where(sessions.c.account_id == found[0])
+                                   .where(sessions.c.session_hash != kept))
+        finally:
+            self._memo.clear()
 
     # Sign-in sessions: the browser holds a random token, the table holds only its digest.
 

@@ -23,8 +23,9 @@ Live video travels apart from commands, on its own WebSocket per push:
   camera. The agent opens ``GET <media_url>?camera_id=N&push_id=P`` (same ``Authorization`` header)
   and answers the command once that socket is open. ``media_url`` (``ws(s)://…/agent/media``, sent
   when the relay has a ``node_url``) names the node that owns the camera's live state, which need
-  not be the one the link reached; without it the agent opens ``/agent/media`` beside its link. Starting a push
-  that already runs with the same push_id changes nothing; a new push_id replaces the old push.
+  not be the one the link reached; without it the agent opens ``/agent/media`` beside its link.
+  Starting a push that already runs with the same push_id changes nothing; a new push_id replaces
+  the old push.
 * ``live.stop`` ``{"camera_id", "push_id"}``: stop that push, only if ``push_id`` is the one running
   (so a late stop never ends a newer start). ``live.keyframe`` ``{"camera_id"}``: send an IDR soon
   (an agent that passes the source through cannot force one and answers OK all the same).
