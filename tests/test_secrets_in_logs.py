@@ -238,8 +238,8 @@ async def watch_live(base: str, camera_id: int, ticket: str, secrets: Secrets) -
 
 
 async def use_admin(base: str, password: str, secrets: Secrets) -> str:
-    """/admin: a wrong password, then the right one, the dashboard, a credential rotation, and
-    signing out. Returns the new credential."""
+    """/admin: a wrong password, then the right one, the dashboard, a credential rotation, an
+    agent key and an account made there, and signing out. Returns the new credential."""
     csrf_field = re.compile(r"name=csrf value='([^']+)'")
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         for attempt in (WRONG_PASSWORD, password):
@@ -257,10 +257,23 @@ async def use_admin(base: str, password: str, secrets: Secrets) -> str:
         session_csrf = csrf_field.search(dashboard).group(1)  # type: ignore[union-attr]
         secrets.add("/admin session CSRF token", session_csrf)
         async with http.post(f"{base}/admin/rotate", data={"csrf": session_csrf}) as answer:
-            assert answer.status == 200 and "rotated=1" in str(answer.url), answer.url
-            rotated = re.search(r"<code id=credential>([^<]+)</code>", await answer.text())
+            text = await answer.text()
+            assert answer.status == 200 and str(answer.url).endswith("/admin/accounts"), answer.url
+            assert "a new credential was issued" in text
+            rotated = re.search(r"<code id=credential>([^<]+)</code>", text)
         assert rotated is not None
         secrets.add("API credential (rotated in /admin)", rotated.group(1))
+        # An agent key made in the console, and a password set there.
+        async with http.post(f"{base}/admin/keys", data={"csrf": session_csrf,
+                                                         "name": "console-made"}) as answer:
+            made = re.search(r"<code id=new-key>([^<]+)</code>", await answer.text())
+        assert made is not None
+        secrets.add("agent key made in /admin", made.group(1))
+        new_password = "console-set-" + made.group(1)[-12:]
+        secrets.add("password set in /admin", new_password)
+        async with http.post(f"{base}/admin/accounts", data={
+                "csrf": session_csrf, "name": "console-user", "password": new_password}) as answer:
+            assert "Created console-user" in await answer.text()
         async with http.post(f"{base}/admin/logout", allow_redirects=False,
                              data={"csrf": session_csrf}) as answer:
             assert answer.status == 303
