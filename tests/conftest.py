@@ -1,15 +1,20 @@
 """Shared fixtures.
 
-``api`` runs the real application in this process on a real socket, over a real SQLite file in a
-temporary data dir, with a clock the test can move (token expiry is tested without sleeping).
+``api`` runs the real application in this process on a real socket, with a clock the test can move
+(token expiry is tested without sleeping), once over a real SQLite file in a temporary data dir and
+once over this machine's real PostgreSQL (127.0.0.1:5432, trust auth): a fresh database per test,
+named after this session, dropped after it.
 ``relay_server`` starts a real ``relay serve`` process for tests that need the command itself.
 ``browser`` is the headless Chromium of the live-video tests (see live_system.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -102,10 +107,46 @@ class Api:
         return self.services.storage.fdfs_of(path)
 
 
-@pytest.fixture
-async def api(tmp_path: Path, aiohttp_client) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+_SESSION = secrets.token_hex(4)
+_databases = itertools.count(1)
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database for one test (its SQLAlchemy URL), dropped afterwards."""
+    import asyncpg
+
+    name = f"relay_test_{_SESSION}_{next(_databases)}"
+    admin = await asyncpg.connect(POSTGRES)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin = await asyncpg.connect(POSTGRES)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def api(request, tmp_path: Path, aiohttp_client) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    async with contextlib.AsyncExitStack() as stack:
+        backend: dict[str, Any] = {}
+        if request.param == "postgresql":
+            backend["database_url"] = await stack.enter_async_context(fresh_postgres())
+        yield await stack.enter_async_context(_api(tmp_path, aiohttp_client, backend))
+
+
+@contextlib.asynccontextmanager
+async def _api(tmp_path: Path, aiohttp_client, backend: dict[str, Any]  # type: ignore[no-untyped-def]
+               ) -> AsyncIterator[Api]:
     clock = Clock()
-    settings = load_settings({"data": tmp_path / "data"}, environ={})
+    settings = load_settings({"data": tmp_path / "data", **backend}, environ={})
     services = await open_services(settings, clock)
     account = await services.catalogue.accounts.add("admin", "correct horse", is_admin=True)
     server = TestServer(build_app(services))
@@ -114,10 +155,13 @@ async def api(tmp_path: Path, aiohttp_client) -> AsyncIterator[Api]:  # type: ig
     # play_url and storage_addr must name the port the test server really listens on.
     port = client.server.port
     services.settings = load_settings(
-        {"data": tmp_path / "data", "listen": f"127.0.0.1:{port}"}, environ={}
+        {"data": tmp_path / "data", "listen": f"127.0.0.1:{port}", **backend}, environ={}
     )
     answer = await (await client.get(f"/api/v1/access_token?unionid={account.credential}")).json()
-    yield Api(client, services, clock, account.credential, answer["token"])
+    try:
+        yield Api(client, services, clock, account.credential, answer["token"])
+    finally:
+        await client.close()  # the app's cleanup closes the catalogue before its database goes
 
 
 def free_port() -> int:

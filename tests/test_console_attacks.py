@@ -67,7 +67,7 @@ async def hostile_site(api) -> Site:  # type: ignore[no-untyped-def]
     """A gatherer whose agent reported hostile facts, renamed hostile by the API; a hostile
     camera with a course and a recording; an agent key."""
     gather_id = await api.gatherer("00:11:22:33:44:55", name_pc=HOSTILE, os_name=HOSTILE,
-                                   ip_addr=HOSTILE)
+                                   ip_addr=HOSTILE[:64])  # (a hello's ip_addr is at most 64)
     answer = await api.call("mod_gather", gather_id=gather_id, name_set=HOSTILE)
     assert answer["err_code"] == 0, answer
     camera_id = await api.camera(gather_id, HOSTILE)

@@ -6,7 +6,9 @@ import dataclasses
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from sqlalchemy import update
 
+from relay.catalogue import schema
 from relay.config import load_settings
 from relay.live.ingest import LIVE
 from relay.metrics import Metrics
@@ -131,8 +133,8 @@ async def test_a_ticket_never_opens_another_camera_under_the_same_id(api, camera
     url = urlsplit((await api.call("play_camera", camera_id=camera_a))["play_url"])
     row = await api.services.catalogue.cameras.get(camera_a)
     async with api.services.catalogue.db.write() as conn:  # the row comes back, made anew
-        await conn.exec_driver_sql("UPDATE cameras SET created = ? WHERE camera_id = ?",
-                                   (row["created"] + 1, camera_a))
+        await conn.execute(update(schema.cameras).where(schema.cameras.c.camera_id == camera_a)
+                           .values(created=row["created"] + 1))
     for method, path in (("GET", url.path), ("POST", f"{url.path}/session")):
         response = await api.client.request(method, f"{path}?{url.query}")
         assert response.status == 403, path
