@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from .agent.config import AgentConfigError
 from .catalogue import AlreadyExists, Catalogue, CatalogueUnavailable, NotFound
 from .config import HELP, ConfigError, Settings, load_settings
@@ -85,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (key_add, key_revoke, key_limit, key_rebind, key_list):
         _common(sub)
 
+    db = commands.add_parser("db", help="the catalogue's database")
+    db_actions = db.add_subparsers(dest="action", required=True)
+    db_copy = db_actions.add_parser(
+        "copy", help="copy the whole catalogue (every row, ids and signing key) into an empty "
+                     "database, e.g. PostgreSQL; stop the relay first")
+    db_copy.add_argument("--to", required=True, metavar="URL",
+                         help="SQLAlchemy URL of the target, e.g. "
+                              "postgresql+asyncpg://user@host/dbname")
+    _common(db_copy)
+
     user = commands.add_parser("user", help="manage accounts")
     actions = user.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="create an account (password from a prompt or "
@@ -130,6 +142,25 @@ async def _agent_keys(args: argparse.Namespace, settings: Settings) -> None:
                       f"gatherers {len(key.gatherers)}/{key.max_gatherers}: {owned}")
     finally:
         await catalogue.close()
+
+
+async def _db(args: argparse.Namespace, settings: Settings) -> None:
+    from .catalogue.copy import copy_catalogue
+    from .catalogue.database import Database
+
+    source = (await _existing_catalogue(settings)).db
+    try:
+        target = await Database.open(args.to)
+        try:
+            copied = await copy_catalogue(source, target)
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+    print(f"copied the catalogue to {make_url(args.to).render_as_string(hide_password=True)}: "
+          + ", ".join(f"{table} {count}" for table, count in copied.items()), file=sys.stderr)
+    print("now run the relay with --database-url (or RELAY_DATABASE_URL) set to it",
+          file=sys.stderr)
 
 
 async def _existing_catalogue(settings: Settings) -> Catalogue:
@@ -221,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             _run(lambda: _user(args, settings))
         elif args.command == "agent-key":
             _run(lambda: _agent_keys(args, settings))
+        elif args.command == "db":
+            _run(lambda: _db(args, settings))
     except (ConfigError, CatalogueUnavailable, CommandError, NotFound, AlreadyExists,
             AgentConfigError, ValueError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
