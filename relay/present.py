@@ -22,6 +22,17 @@ class Presenter:
             moment = moment.astimezone()
         return moment.strftime("%Y-%m-%d %H:%M:%S")
 
+    def day(self, text: str) -> tuple[int, int] | None:
+        """[midnight, next midnight) of ``YYYY-MM-DD`` in this zone, unix seconds; None when it
+        is no date, or one whose midnights a datetime cannot hold (0001-01-01, 9999-12-31)."""
+        try:
+            start = dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), self._zone)
+            if self._zone is None:
+                start = start.astimezone()  # the server's local zone
+            return int(start.timestamp()), int((start + dt.timedelta(days=1)).timestamp())
+        except (OverflowError, ValueError):
+            return None
+
     def _stamps(self, row: dict[str, Any]) -> dict[str, str]:
         return {"created": self.time(row["created"]), "updated": self.time(row["updated"])}
 

@@ -6,6 +6,7 @@ fetches it every few seconds, so the page refreshes by itself without a reload.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,13 +41,14 @@ async def state(request: web.Request) -> dict[str, Any]:
     live, hub = request.app[LIVE], services.hub
     gatherers = await every_row(services.catalogue.gatherers.page)
     cameras = await every_row(services.catalogue.cameras.page)
+    per_gatherer = Counter(camera["gather_id"] for camera in cameras)
     for row in gatherers:
         link = hub.link(row["gather_id"])
         row["online"] = link is not None
         row["peer"] = link.peer if link is not None else ""
         row["version"] = link.version if link is not None else ""
         row["since"] = link.since if link is not None else row["updated"]
-        row["cameras"] = sum(1 for camera in cameras if camera["gather_id"] == row["gather_id"])
+        row["cameras"] = per_gatherer[row["gather_id"]]
     pushes = viewers = 0
     for camera in cameras:
         now = live.state_of(camera["camera_id"])

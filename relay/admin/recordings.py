@@ -6,38 +6,19 @@ next. Everyone signed in may watch and download; deleting is for administrators.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
 from ..catalogue import NotFound
 from ..ids import parse_id
-from ..services import SERVICES, Services
+from ..services import SERVICES
 from .forms import back_to, confirm, play_url, run_endpoint, target_id
 from .overview import every_row
 from .sessions import Visit, action, done, message, page, render
 
 PER_PAGE = 30
-
-
-def day_range(services: Services, day: str) -> tuple[int, int] | None:
-    """[midnight, next midnight) of ``YYYY-MM-DD`` in the relay's zone, unix seconds."""
-    try:
-        date = dt.date.fromisoformat(day)
-    except ValueError:
-        return None
-    zone = ZoneInfo(services.settings.timezone) if services.settings.timezone else None
-    try:  # 0001-01-01 and 9999-12-31 are dates whose midnight or next one datetime cannot hold
-        start = dt.datetime.combine(date, dt.time(), zone)
-        if zone is None:
-            start = start.astimezone()  # the server's local zone
-        end = start + dt.timedelta(days=1)
-        return int(start.timestamp()), int(end.timestamp())
-    except (OverflowError, ValueError):
-        return None
 
 
 @page()
@@ -47,7 +28,7 @@ async def listing(request: web.Request, visit: Visit) -> web.StreamResponse:
     day = request.query.get("day", "")
     cur = parse_id(request.query.get("page", "1")) or 1
     camera_id = parse_id(camera) if camera else None
-    started = day_range(services, day) if day else None
+    started = services.presenter.day(day) if day else None
     problems = []
     if camera and camera_id is None:
         problems.append("没有这个通道 · No such camera.")
