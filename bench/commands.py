@@ -798,7 +798,9 @@ async def _breakdown(data: Path, calls: int) -> list[tuple[str, float]]:
         row = await services.catalogue.cameras.add(
             gather_id, {"camera_name": "bench", "stream_prop": 1, "stream_mp4": "/x.mp4"})
         camera_id = row["camera_id"]
-        services.hub.attach(gather_id, InstantLink())  # type: ignore[arg-type]
+        link = InstantLink()
+        link.gather_id = gather_id  # type: ignore[attr-defined]
+        await services.hub.attach(link)  # type: ignore[arg-type]
 
         turn = itertools.count()
 

@@ -42,6 +42,9 @@ class Settings:
     ice_public_ip: str = ""
     ice_ports: str = ""
     node_url: str = ""
+    redis_url: str = ""
+    redis_prefix: str = "relay"
+    node_lease: float = 6.0
     ice_deadline: float = 20.0
     play_ticket_ttl: int = 600
     session_ttl: int = 12 * 3600
@@ -92,6 +95,15 @@ class Settings:
         return (self.storage_addr or self.base_url).rstrip("/")
 
     @property
+    def own_url(self) -> str:
+        """How the other nodes (and agents' media sockets) reach this node: ``node_url``, else the
+        listen address when it is one they can dial."""
+        if self.node_url:
+            return self.node_url.rstrip("/")
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
     def files_dir(self) -> Path:
         return self.data / "files"
 
@@ -124,6 +136,10 @@ HELP = {
                      "candidate too; empty = none",
     "node_url": "this node's own http(s):// URL for the agents' live media sockets (live.start "
                 "names it; for nodes behind one balanced URL); empty = beside the agent's link URL",
+    "redis_url": "Redis URL (redis://HOST:PORT/DB) shared by every node of a cluster; empty = one "
+                 "node alone. Needs node_url (or a listen address other nodes can reach)",
+    "redis_prefix": "prefix of this cluster's Redis keys (clusters sharing one Redis differ in it)",
+    "node_lease": "a node silent this long is dead: its gatherers go offline, seconds",
     "ice_ports": "FIRST-LAST: the UDP ports WebRTC host candidates bind (publish them from a "
                  "container, see docs/DOCKER.md); one port per viewer; empty = any port",
     "ice_deadline": "a WebRTC viewer whose ICE has not connected by then is closed, seconds",
@@ -200,6 +216,16 @@ def _validate(settings: Settings) -> Settings:
         url = getattr(settings, name)
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError(f"setting {name!r}: {url!r} must start with http:// or https://")
+    if settings.redis_url:
+        if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("setting 'redis_url': must start with redis://, rediss:// or "
+                              "unix:// (the value is not shown: it may hold a password)")
+        if not settings.node_url and settings.host in ("", "0.0.0.0", "::"):
+            raise ConfigError("setting 'node_url': a cluster node listening on all addresses "
+                              "needs its own URL that the other nodes can reach")
+        if not settings.redis_prefix.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"setting 'redis_prefix': {settings.redis_prefix!r} is not letters, "
+                              "digits, - and _")
     if settings.timezone:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 

@@ -65,7 +65,7 @@ async def ensure_demo_camera(services: Services, video: Path) -> None:
     """Once the demo agent has registered, give its gatherer the demo camera if it has none."""
     while True:
         gatherers = (await services.catalogue.gatherers.page(1, 100)).rows
-        online = [row for row in gatherers if services.hub.online(row["gather_id"])]
+        online = [row for row in gatherers if await services.hub.online(row["gather_id"])]
         if online:
             break
         await asyncio.sleep(0.2)

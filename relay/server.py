@@ -22,7 +22,7 @@ from . import admin, api, ops, player
 from .catalogue import Catalogue
 from .config import ConfigError, Settings
 from .connections import GuardedRunner
-from .hub import Hub
+from .hub import Hub, LocalHub
 from .link import endpoint as link_endpoint
 from .live import setup_live
 from .logs import AccessLogger, redact
@@ -74,13 +74,17 @@ async def open_services(settings: Settings, clock: Callable[[], float] = time.ti
     return Services(
         settings=settings,
         catalogue=catalogue,
-        hub=Hub(settings.command_timeout, metrics),
+        hub=_hub(settings, catalogue, metrics),
         storage=Storage(settings.files_dir),
         signer=Signer(await catalogue.signing_key()),
         presenter=Presenter(settings.timezone),
         metrics=metrics,
         clock=clock,
     )
+
+
+def _hub(settings: Settings, catalogue: Catalogue, metrics: Metrics) -> Hub:
+    return LocalHub(settings.command_timeout, catalogue, metrics)
 
 
 def build_app(services: Services) -> web.Application:
@@ -203,7 +207,7 @@ async def _listen(app: web.Application, setting: str, host: str, port: int,
 
 async def _serve(settings: Settings, demo: bool) -> None:
     services = await open_services(settings)
-    await services.catalogue.gatherers.all_offline()
+    await services.hub.start()
     created = await create_first_admin(services)
     app = build_app(services)
     if demo:
@@ -232,6 +236,7 @@ async def _serve(settings: Settings, demo: bool) -> None:
     finally:
         for runner in reversed(runners):  # the main app's cleanup closes the catalogue
             await runner.cleanup()
+        await services.hub.stop()
 
 
 def serve(settings: Settings, demo: bool = False) -> None:

@@ -130,13 +130,17 @@ V2_TABLES = ("accounts", "agent_keys", "gatherers", "cameras", "courses", "recor
              "meta", "sessions")
 
 
-def as_v3(table: str, old: list[tuple]) -> list[tuple]:
-    """What schema 3 holds for schema 2's rows: records gain start_time (created) and end_time
-    (created + duration); the schema version is 3; everything else is as it was."""
+def as_today(table: str, old: list[tuple]) -> list[tuple]:
+    """What today's schema holds for schema 2's rows: records gain start_time (created) and
+    end_time (created + duration) (3); gatherers gain link_epoch 0 (4); the schema version is
+    today's; everything else is as it was."""
     if table == "records":
         return [(*row, row[-2], row[-2] + row[6]) for row in old]
+    if table == "gatherers":
+        return [(*row, 0) for row in old]
     if table == "meta":
-        return [(key, "3" if key == "schema_version" else value) for key, value in old]
+        return [(key, str(SCHEMA_VERSION) if key == "schema_version" else value)
+                for key, value in old]
     return old
 
 
@@ -168,7 +172,7 @@ async def test_a_version_2_catalogue_is_upgraded_with_nothing_lost(tmp_path: Pat
     catalogue = await Catalogue.open(f"sqlite+aiosqlite:///{path}")
     try:
         for table, old in before.items():
-            assert rows(path, f"SELECT * FROM {table} ORDER BY 1") == as_v3(table, old), table
+            assert rows(path, f"SELECT * FROM {table} ORDER BY 1") == as_today(table, old), table
         assert rows(path, "SELECT count(*) FROM uploads") == [(0,)]
         await use_upgraded(catalogue)
     finally:
@@ -202,7 +206,7 @@ async def test_a_version_2_catalogue_on_postgresql_is_upgraded_with_nothing_lost
             catalogue = await Catalogue.open(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}")
             try:
                 for table, old in before.items():
-                    assert await pg_rows(table) == as_v3(table, old), table
+                    assert await pg_rows(table) == as_today(table, old), table
                 assert await db.fetchval("SELECT count(*) FROM uploads") == 0
                 await use_upgraded(catalogue)
             finally:

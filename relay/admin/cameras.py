@@ -72,7 +72,7 @@ async def camera_page(request: web.Request, visit: Visit) -> web.StreamResponse:
     report = services.hub.recording(camera["gather_id"], camera_id) or {}
     return render(request, "camera.html", {
         "visit": visit, "camera": camera, "gatherer": gatherer,
-        "online": services.hub.online(camera["gather_id"]), "report": report,
+        "online": await services.hub.online(camera["gather_id"]), "report": report,
         "play_url": await play_url(request, visit, "play_camera", "camera_id", camera_id),
         "days": timetable(courses), "weekdays": WEEKDAYS, "courses": courses,
         "records": [services.presenter.record(row) for row in records.rows], "records_total": records.total,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 
 from .database import Database
 from .errors import GathererRefused, NotFound
@@ -103,15 +103,37 @@ class Gatherers:
             raise NotFound(f"no gatherer {gather_id}", [gather_id])
         return state
 
-    async def set_offline(self, gather_ids: list[int]) -> None:
-        """The agents are gone: these gatherers and all their cameras are offline."""
+    async def set_offline(self, links: list[tuple[int, int]]) -> list[int]:
+        """Links ``(gather_id, epoch)`` are gone: each gatherer and all its cameras go offline,
+        unless a newer link (a larger epoch) has registered it since. Returns those that did."""
         now = int(self._clock())
+        newest: dict[int, int] = {}
+        for gather_id, epoch in links:
+            newest[gather_id] = max(epoch, newest.get(gather_id, epoch))
+        gone: list[int] = []
         async with self._db.write() as conn:
-            for ids in chunks(sorted(set(gather_ids))):
-                await conn.execute(update(gatherers).where(gatherers.c.gather_id.in_(ids))
-                                   .values(status=0, updated=now))
-                await conn.execute(update(cameras).where(cameras.c.gather_id.in_(ids))
-                                   .values(status=0))
+            for ids in chunks(sorted(newest)):
+                # The epoch is checked in the UPDATE itself, against the row as it is when written:
+                # a registration that commits meanwhile is never overwritten.
+                newer_or_same = case(*((gatherers.c.gather_id == gather_id, newest[gather_id])
+                                       for gather_id in ids), else_=-1)
+                result = await conn.execute(
+                    update(gatherers).where(gatherers.c.gather_id.in_(ids))
+                    .where(gatherers.c.link_epoch <= newer_or_same)
+                    .values(status=0, updated=now).returning(gatherers.c.gather_id))
+                offline = list(result.scalars())
+                if offline:
+                    await conn.execute(update(cameras).where(cameras.c.gather_id.in_(offline))
+                                       .values(status=0))
+                gone += offline
+        return gone
+
+    async def online_links(self) -> list[tuple[int, int]]:
+        """``(gather_id, link_epoch)`` of every gatherer the catalogue shows online."""
+        async with self._db.read() as conn:
+            return [(row.gather_id, row.link_epoch) for row in await conn.execute(
+                select(gatherers.c.gather_id, gatherers.c.link_epoch)
+                .where(gatherers.c.status != 0))]
 
     async def all_offline(self) -> None:
         """At start-up no agent is connected yet: nothing is online (this node owns every link)."""

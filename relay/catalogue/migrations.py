@@ -20,6 +20,8 @@ Version 3 (recordings uploaded by agents):
 * ``records.start_time`` and ``end_time`` (unix seconds of the recording's first and last packet);
   an existing record starts at its ``created`` and ends ``duration`` seconds later;
 * the ``uploads`` table (new tables are made by ``create_all`` before any step runs).
+
+Version 4 (scale-out): ``gatherers.link_epoch`` (0: no link has registered it since the upgrade).
 """
 
 from __future__ import annotations
@@ -101,13 +103,16 @@ async def _to_version_2(conn: AsyncConnection) -> None:
             raise RuntimeError(f"catalogue migration would break {len(broken)} references")
 
 
-async def _to_version_3(conn: AsyncConnection) -> None:
+async def _columns(conn: AsyncConnection, table: str) -> set[str]:
     if conn.dialect.name == "sqlite":
-        have = {row[1] for row in await conn.exec_driver_sql("PRAGMA table_info(records)")}
-    else:
-        have = set((await conn.exec_driver_sql(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'records' "
-            "AND table_schema = current_schema()")).scalars())
+        return {row[1] for row in await conn.exec_driver_sql(f"PRAGMA table_info({table})")}
+    return set((await conn.exec_driver_sql(
+        f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' "
+        "AND table_schema = current_schema()")).scalars())
+
+
+async def _to_version_3(conn: AsyncConnection) -> None:
+    have = await _columns(conn, "records")
     for column in ("start_time", "end_time"):
         if column not in have:  # (a schema 1 catalogue got them in step 2's rebuild)
             await conn.exec_driver_sql(
@@ -117,9 +122,16 @@ async def _to_version_3(conn: AsyncConnection) -> None:
                                end_time=records.c.created + records.c.duration))
 
 
+async def _to_version_4(conn: AsyncConnection) -> None:
+    if "link_epoch" not in await _columns(conn, "gatherers"):  # (a rebuild in step 2 made it)
+        await conn.exec_driver_sql(
+            "ALTER TABLE gatherers ADD COLUMN link_epoch BIGINT DEFAULT 0 NOT NULL")
+
+
 STEPS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {
     2: _to_version_2,
     3: _to_version_3,
+    4: _to_version_4,
 }
 
 

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .errors import GathererRefused
@@ -40,6 +40,8 @@ class Registration:
     name_pc: str = ""
     os_name: str = ""
     devices: tuple[dict[str, Any], ...] = field(default=())
+    #: The registering link's epoch (``relay.hub``); the row keeps the largest it has seen.
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         mac = normal_mac(self.mac_addr)
@@ -56,7 +58,9 @@ _REFRESH = (
     update(gatherers)
     .where(gatherers.c.gather_id == bindparam("which"))
     .values(status=1, updated=bindparam("now"), ip_addr=bindparam("ip"), name_pc=bindparam("pc"),
-            os_name=bindparam("os"), key_id=bindparam("owner"))
+            os_name=bindparam("os"), key_id=bindparam("owner"),
+            link_epoch=case((gatherers.c.link_epoch < bindparam("epoch"), bindparam("epoch")),
+                            else_=gatherers.c.link_epoch))
 )
 
 
@@ -100,14 +104,16 @@ async def register_many(conn: AsyncConnection, now: int, arrivals: list[Registra
         if row["gather_id"] is not None:  # a known gatherer: refreshed below
             refreshed[row["gather_id"]] = {
                 "which": row["gather_id"], "now": now, "ip": arrival.ip_addr,
-                "pc": arrival.name_pc, "os": arrival.os_name, "owner": row["key_id"]}
+                "pc": arrival.name_pc, "os": arrival.os_name, "owner": row["key_id"],
+                "epoch": max(arrival.epoch, refreshed.get(row["gather_id"], {}).get("epoch", 0))}
     if batch.new:
         inserted = await conn.execute(
             gatherers.insert().returning(gatherers.c.gather_id, sort_by_parameter_order=True),
             [{"mac_addr": arrival.mac_addr, "key_id": arrival.key_id,
               "name_set": arrival.name_pc or arrival.mac_addr, "status": 1, "created": now,
               "updated": now, "ip_addr": arrival.ip_addr, "name_pc": arrival.name_pc,
-              "os_name": arrival.os_name} for _, arrival in batch.new])
+              "os_name": arrival.os_name, "link_epoch": arrival.epoch}
+             for _, arrival in batch.new])
         for (row, _), gather_id in zip(batch.new, inserted.scalars(), strict=True):
             row["gather_id"] = gather_id
     if refreshed:

@@ -23,7 +23,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -113,6 +113,10 @@ gatherers = Table(
     Column("inter_val", Integer, nullable=False, default=0),
     Column("snap_val", Integer, nullable=False, default=2),
     Column("status", Integer, nullable=False, default=0),
+    # The epoch of the link that last made it online (``relay.hub``: newer links, larger epochs,
+    # whichever node holds them): a link going offline writes status 0 only while no newer link
+    # has registered since, so a node that lost its agent never shows a relinked gatherer offline.
+    Column("link_epoch", BigInteger, nullable=False, default=0, server_default="0"),
     *_timestamps(),
     **_NEVER_REUSE,
 )

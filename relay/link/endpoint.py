@@ -91,28 +91,29 @@ async def _welcome(request: web.Request, record: AgentKey, ws: web.WebSocketResp
         log.warning("closed agent link from %s (key %r): %s", peer, record.name, refusal)
         await ws.close(code=4001, message=str(refusal).encode())
         return None
+    epoch = hub.new_epoch()
     try:
-        gather_id, state = await links.registrar.register(record.key_id, hello)
+        gather_id, state = await links.registrar.register(record.key_id, hello, epoch)
     except GathererRefused as refusal:
         log.warning("refused agent %s (%s) from %s (key %r): %s", hello["name_pc"],
                     hello["mac_addr"], peer, record.name, refusal)
         await ws.close(code=protocol.REFUSED_GATHERER, message=str(refusal).encode()[:120])
         return None
     if ws.closed:  # it gave up while its registration waited: nothing to attach
-        await links.presence.gatherer_offline(gather_id)
+        await links.presence.gatherer_offline(gather_id, epoch)
         return None
-    session = AgentSession(ws, gather_id, peer, record.key_id, hello["version"])
-    previous = hub.attach(gather_id, session)
+    session = AgentSession(ws, gather_id, peer, record.key_id, hello["version"], epoch)
+    previous = await hub.attach(session)
     if previous is not None:
         log.warning("gatherer %d (%s): a newer connection from %s replaces the one from %s",
                     gather_id, hello["mac_addr"], peer, previous.peer)
         await previous.close("replaced by a newer connection for the same gatherer")
     log.info("agent %s (key %r, version %s) connected from %s as gatherer %d", hello["name_pc"],
              record.name, hello["version"], peer, gather_id)
-    if await session.welcome(state):
+    if hub.link(gather_id) is session and await session.welcome(state):
         return session
-    if hub.detach(gather_id, session):  # it left before its welcome went out
-        await links.presence.gatherer_offline(gather_id)
+    if await hub.detach(session):  # it left before its welcome went out
+        await links.presence.gatherer_offline(gather_id, epoch)
     return None
 
 
@@ -129,8 +130,8 @@ async def _serve(request: web.Request, record: AgentKey, session: AgentSession) 
             gather_id, camera_id, status, err_msg))
     finally:
         links.keys.forget(record.key_id, session)
-        if services.hub.detach(gather_id, session):
-            await asyncio.shield(links.presence.gatherer_offline(gather_id))
+        if await services.hub.detach(session):
+            await asyncio.shield(links.presence.gatherer_offline(gather_id, session.epoch))
 
 
 class KeyWatch:
@@ -229,7 +230,7 @@ def add_routes(app: web.Application) -> None:
     services = app[SERVICES]
     app[LINKS] = Links(Admission(services.settings.agent_admit),
                        Registrar(services.catalogue, services.settings.timezone),
-                       Presence(services.catalogue, services.hub.online), KeyWatch())
+                       Presence(services.catalogue), KeyWatch())
     app.router.add_get("/agent", agent_endpoint)
     app.on_shutdown.append(close_all)
     app.on_cleanup.append(_stop)

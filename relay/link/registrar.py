@@ -33,11 +33,12 @@ class Registrar:
         self._batcher: Batcher[Registration, Welcome | GathererRefused] = Batcher(
             "registrations", self._register)
 
-    async def register(self, key_id: int, hello: dict[str, Any]) -> Welcome:
-        """The agent's gatherer id and desired state; ``GathererRefused`` when it may not be it."""
+    async def register(self, key_id: int, hello: dict[str, Any], epoch: int) -> Welcome:
+        """The agent's gatherer id and desired state; ``GathererRefused`` when it may not be it.
+        ``epoch`` is the new link's (``relay.hub``)."""
         result = await self._batcher.submit(Registration(
             hello["mac_addr"], key_id, hello["ip_addr"], hello["name_pc"], hello["os_name"],
-            tuple(hello["devices"])))
+            tuple(hello["devices"]), epoch))
         if isinstance(result, GathererRefused):
             raise result
         return result

@@ -43,9 +43,10 @@ class TokenBucket:
 
 class AgentSession:
     def __init__(self, ws: web.WebSocketResponse, gather_id: int, peer: str, key_id: int,
-                 version: str = "") -> None:
+                 version: str = "", epoch: int = 0) -> None:
         self.ws = ws
         self.gather_id = gather_id
+        self.epoch = epoch  # this link's place in the order of links (``relay.hub``)
         self.peer = peer
         self.key_id = key_id  # the agent key this link proved
         self.version = version  # what the agent's hello said it runs (the console shows it)

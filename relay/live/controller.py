@@ -146,7 +146,7 @@ class LiveController:
             row = await self._catalogue.cameras.get(camera_id)
         except NotFound as exc:
             raise LiveRefused("no such camera", 404) from exc
-        if not self._hub.online(row["gather_id"]):
+        if not self._hub.linked_here(row["gather_id"]):
             raise LiveRefused("采集端离线 · the gatherer is offline")
         if row["status"] != 1:
             raise LiveRefused("通道离线 · the camera is offline")
@@ -349,7 +349,7 @@ class LiveController:
     def reconcile(self) -> None:
         for camera in list(self._cameras.values()):
             if camera.viewers:
-                if camera.push_id is None and self._hub.online(camera.gather_id):
+                if camera.push_id is None and self._hub.linked_here(camera.gather_id):
                     log.info("camera %d: %d viewer(s) but no push: restarting it",
                              camera.camera_id, len(camera.viewers))
                     self._ensure_push(camera)

@@ -5,23 +5,24 @@ changed (``camera_added``, ``schedules_changed``, ...), and it alone turns that 
 messages; nothing above it builds one.
 
 ``send`` returns the ``transmit`` object of an API answer: the agent's own reply (meaning it applied
-the command), 10002 when the gatherer has no live link, or 10003 when the agent did not answer within
-the command timeout. It never raises and never waits longer than the timeout. The catalogue already
-holds the change when ``send`` is called, so an offline agent receives it with its full desired
-state when it next logs in.
+the command), 10002 when no node holds a live link to the gatherer, 10003 when the agent did not
+answer within the command timeout, 10004 when the link was lost meanwhile. It never raises and never
+waits longer than the timeout. The catalogue already holds the change when ``send`` is called, so an
+offline agent receives it with its full desired state when it next logs in.
+
+Two words for presence, kept apart: a gatherer is *linked here* when this node holds its agent's
+WebSocket (only this node can then talk to it directly, push its live media here, read its link's
+reports); it is *online* when some node of the cluster holds it. ``LocalHub`` (one node) and
+``relay.cluster.ClusterHub`` (many, on Redis) implement it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
+from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
-from .link import protocol
-from .metrics import Metrics
-
-log = logging.getLogger(__name__)
+from ..link import protocol
 
 OFFLINE = 10002
 TIMEOUT = 10003
@@ -41,6 +42,10 @@ def transmit(code: int, **extra: Any) -> dict[str, Any]:
 class AgentLink(Protocol):
     """A live connection to one agent (provided by the agent link module)."""
 
+    gather_id: int
+    #: When this link was made, in the cluster's order of links: a newer link for the same
+    #: gatherer always has a larger epoch, whichever node holds it (``Hub.new_epoch``).
+    epoch: int
     #: The agent's last recording report per camera (recording, spool_bytes, upload_error).
     recordings: dict[int, dict[str, Any]]
     peer: str  # the address it connected from
@@ -56,67 +61,58 @@ class AgentLink(Protocol):
         ...
 
 
-class Hub:
-    def __init__(self, timeout: float, metrics: Metrics | None = None) -> None:
-        self.timeout = timeout
-        self._metrics = metrics or Metrics()
-        self._links: dict[int, AgentLink] = {}
-        self._histograms: dict[str, Any] = {}
+class Hub(ABC):
+    """Links of this node, presence across nodes, commands to any gatherer's agent."""
 
-    def attach(self, gather_id: int, link: AgentLink) -> AgentLink | None:
-        """Make ``link`` the gatherer's live link; returns the one it replaces, if any."""
-        previous = self._links.get(gather_id)
-        self._links[gather_id] = link
-        self._metrics.agents_connected.set(len(self._links))
-        return previous
+    timeout: float
 
-    def detach(self, gather_id: int, link: AgentLink) -> bool:
+    @abstractmethod
+    async def start(self) -> None:
+        """Before the first agent links (``relay serve`` calls it once)."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """After the last link closed."""
+
+    @abstractmethod
+    def new_epoch(self) -> int:
+        """The epoch for a link being made now: larger than any this node handed out before."""
+
+    @abstractmethod
+    async def attach(self, link: AgentLink) -> AgentLink | None:
+        """Make ``link`` its gatherer's live link; returns the one it replaces on this node.
+
+        In a cluster a newer link elsewhere may already hold the gatherer: then ``link`` is
+        closed and None returned (the caller sees ``linked_here`` False)."""
+
+    @abstractmethod
+    async def detach(self, link: AgentLink) -> bool:
         """Forget ``link`` unless a newer link has replaced it; True when it was the live one."""
-        if self._links.get(gather_id) is link:
-            del self._links[gather_id]
-            self._metrics.agents_connected.set(len(self._links))
-            return True
-        return False
 
+    @abstractmethod
     def links(self) -> list[AgentLink]:
-        return list(self._links.values())
+        """The links this node holds."""
 
+    @abstractmethod
     def link(self, gather_id: int) -> AgentLink | None:
-        """The gatherer's live link, if any (the console reads its peer, version, since)."""
-        return self._links.get(gather_id)
+        """The gatherer's link when this node holds it (the console reads its peer, version)."""
 
-    def online(self, gather_id: int) -> bool:
-        return gather_id in self._links
+    def linked_here(self, gather_id: int) -> bool:
+        return self.link(gather_id) is not None
+
+    @abstractmethod
+    async def online(self, gather_id: int) -> bool:
+        """Whether any node holds a link to the gatherer."""
 
     def recording(self, gather_id: int, camera_id: int) -> dict[str, Any] | None:
-        """What the gatherer's agent last said of the camera's recording (None: offline, or it
-        has said nothing yet)."""
-        link = self._links.get(gather_id)
+        """What the gatherer's agent last said of the camera's recording (None: not linked here,
+        or it has said nothing yet)."""
+        link = self.link(gather_id)
         return link.recordings.get(camera_id) if link is not None else None
 
+    @abstractmethod
     async def send(self, gather_id: int, action: str, data: dict[str, Any]) -> dict[str, Any]:
-        link = self._links.get(gather_id)
-        if link is None:
-            return transmit(OFFLINE)
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self.timeout):
-                answer = await link.request(action, data)
-        except TimeoutError:
-            log.warning("gatherer %d: %s got no answer within %.1f s", gather_id, action,
-                        self.timeout)
-            return transmit(TIMEOUT)
-        except ConnectionError as exc:
-            log.warning("gatherer %d: link lost during %s: %s", gather_id, action, exc)
-            return transmit(FAILED)
-        elapsed = time.monotonic() - started
-        histogram = self._histograms.get(action)
-        if histogram is None:  # one child per command, found once (labels() takes a lock)
-            histogram = self._histograms[action] = self._metrics.command_seconds.labels(action)
-        histogram.observe(elapsed)
-        log.info("gatherer %d: %s answered %s in %.3f s", gather_id, action,
-                 answer.get("err_code"), elapsed)
-        return answer
+        """One command to the gatherer's agent, wherever it is linked: its ``transmit``."""
 
     async def send_each(self, commands: list[tuple[int, str, dict[str, Any]]]) -> dict[str, Any]:
         """Send several commands (possibly to several gatherers) at once; one ``transmit``.
@@ -169,3 +165,9 @@ class Hub:
 
     async def gatherer_changed(self, row: dict[str, Any]) -> dict[str, Any]:
         return await self.send(row["gather_id"], protocol.GATHER_MOD, protocol.gather_settings(row))
+
+
+from .local import LocalHub  # noqa: E402  (it builds on the above)
+
+__all__ = ["FAILED", "OFFLINE", "TIMEOUT", "TRANSMIT_MESSAGES", "AgentLink", "Hub", "LocalHub",
+           "transmit"]
