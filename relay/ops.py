@@ -1,4 +1,5 @@
-"""Operations endpoints: ``/healthz`` (the process answers) and ``/readyz`` (the catalogue does)."""
+"""Operations endpoints: ``/healthz`` (the process answers) and ``/readyz`` (the catalogue does,
+and in a cluster Redis too)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ async def readyz(request: web.Request) -> web.Response:
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         log.warning("not ready: catalogue unreachable: %s", exc.__class__.__name__)
         return web.json_response({"status": "unavailable", "catalogue": "unreachable"}, status=503)
+    reason = request.app[SERVICES].hub.unready()
+    if reason is not None:
+        log.warning("not ready: %s", reason)
+        return web.json_response({"status": "unavailable", "catalogue": "ok", "cluster": reason},
+                                 status=503)
     return web.json_response({"status": "ok", "catalogue": "ok"})
 
 

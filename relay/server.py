@@ -71,20 +71,28 @@ async def json_errors(
 async def open_services(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
     catalogue = await Catalogue.open(settings.db_url, clock)
     metrics = Metrics()
+    signing_key = await catalogue.signing_key()
     return Services(
         settings=settings,
         catalogue=catalogue,
-        hub=_hub(settings, catalogue, metrics),
+        hub=_hub(settings, catalogue, metrics, signing_key),
         storage=Storage(settings.files_dir),
-        signer=Signer(await catalogue.signing_key()),
+        signer=Signer(signing_key),
         presenter=Presenter(settings.timezone),
         metrics=metrics,
         clock=clock,
     )
 
 
-def _hub(settings: Settings, catalogue: Catalogue, metrics: Metrics) -> Hub:
-    return LocalHub(settings.command_timeout, catalogue, metrics)
+def _hub(settings: Settings, catalogue: Catalogue, metrics: Metrics, signing_key: bytes) -> Hub:
+    """One node alone, or a node of the cluster that ``redis_url`` names."""
+    if not settings.redis_url:
+        return LocalHub(settings.command_timeout, catalogue, metrics)
+    from .cluster import ClusterHub, cluster_secret
+
+    return ClusterHub(settings.command_timeout, catalogue, metrics, redis_url=settings.redis_url,
+                      prefix=settings.redis_prefix, own_url=settings.own_url,
+                      secret=cluster_secret(signing_key), lease=settings.node_lease)
 
 
 def build_app(services: Services) -> web.Application:
@@ -96,6 +104,10 @@ def build_app(services: Services) -> web.Application:
     services.storage.add_routes(app)
     ops.add_routes(app)
     link_endpoint.add_routes(app)
+    if services.settings.redis_url:
+        from . import cluster
+
+        cluster.add_routes(app)
     setup_live(app)
     setup_vod(app)
     if services.settings.metrics_address is None:

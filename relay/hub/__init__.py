@@ -74,6 +74,10 @@ class Hub(ABC):
     async def stop(self) -> None:
         """After the last link closed."""
 
+    def unready(self) -> str | None:
+        """Why this node cannot serve everything now (``/readyz``), or None."""
+        return None
+
     @abstractmethod
     def new_epoch(self) -> int:
         """The epoch for a link being made now: larger than any this node handed out before."""

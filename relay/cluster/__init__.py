@@ -1,0 +1,11 @@
+"""Scale-out: any number of relay nodes on one catalogue (PostgreSQL) and one Redis.
+
+Redis carries control only, never media: node leases, which node holds which gatherer's link
+(``ownership.py``), hints between nodes (pub/sub). Commands to a gatherer linked elsewhere go to the
+holding node over HTTP with the cluster secret (``routes.py``, ``hub.py``).
+"""
+
+from .hub import ClusterHub
+from .routes import add_routes, cluster_secret
+
+__all__ = ["ClusterHub", "add_routes", "cluster_secret"]

@@ -1,0 +1,320 @@
+"""The hub of a cluster node: links held here, the others reached through the node that holds them.
+
+Who holds which gatherer lives in Redis (``ownership.py``), each claim tagged with its link's
+epoch. A command for a gatherer linked elsewhere goes to the holder over HTTP
+(``routes.py``, authenticated with the cluster secret) and comes back as that agent's own
+``transmit``: 10002 when no living node holds it, 10003 when the agent (or the holder) did not
+answer within the one command timeout, 10004 when the link or the holder went mid-command. A
+command is delivered at most once: it is sent again only when the holder answers that it did not
+have the link (it moved just then).
+
+Three chores, every third of ``node_lease``:
+
+* the lease: this node renews its Redis key. If the key had expired (this node was taken for dead,
+  or Redis restarted empty), it claims its links again; a claim refused (a newer link elsewhere)
+  closes that link;
+* reconciling: each link still being the holder in Redis, else closed (the pub/sub notice of a
+  move is a hint only; this is the check that cannot be missed). A gatherer some node could not
+  send a command to while Redis was gone is named in ``{prefix}:stale`` once Redis is back, and its
+  holder closes its link: the agent links again at once and gets its whole desired state, so no
+  change written meanwhile stays unknown to it;
+* the sweep, by one node at a time: a gatherer the catalogue shows online that no living node holds,
+  on two sweeps in a row with the same epoch, goes offline (epoch-conditional, so a relink since
+  is never undone). A node killed without a word is so noticed within its lease and two sweeps.
+
+Nothing of this runs while Redis is unreachable: links held here keep working, commands for other
+nodes' gatherers answer 10002, ``/readyz`` says not ready, and the chores resume when it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import socket
+import time
+from typing import Any
+
+import aiohttp
+from redis.exceptions import RedisError
+
+from ..catalogue import Catalogue
+from ..hub import FAILED, OFFLINE, TIMEOUT, AgentLink, LocalHub, transmit
+from ..metrics import Metrics
+from .ownership import Ownership
+from .redis_link import RedisLink
+
+log = logging.getLogger(__name__)
+
+COMMAND_PATH = "/cluster/v1/command"
+_MOVED = object()
+
+
+class ClusterHub(LocalHub):
+    def __init__(self, timeout: float, catalogue: Catalogue, metrics: Metrics, *, redis_url: str,
+                 prefix: str, own_url: str, secret: str, lease: float) -> None:
+        super().__init__(timeout, catalogue, metrics)
+        self.node = secrets.token_hex(6)  # a new one each start: the old run is a dead node
+        self.own_url = own_url
+        self.secret = secret
+        self.lease = lease
+        self._redis = RedisLink(redis_url, probe=min(1.0, lease / 6))
+        self.ownership = Ownership(self._redis.client, prefix)
+        self._moved_channel = f"{prefix}:moved:{self.node}"
+        self._prefix = prefix
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._suspects: dict[int, int] = {}  # gatherer → epoch seen unheld on the last sweep
+        self._missed: set[int] = set()  # gatherers a command could not reach, Redis being gone
+        self._started = time.time()
+        self._had_lease = False
+
+    # -- life ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the cluster. The catalogue's presence is not reset: other nodes hold links."""
+        self._redis.subscribe(self._moved_channel, self._on_moved)
+        self._redis.on_return(self._renew)
+        await self._redis.start()
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            headers={"Authorization": f"Bearer {self.secret}"})
+        with contextlib.suppress(RedisError, OSError):
+            await self._renew()
+        self._tasks = [asyncio.create_task(self._chores(), name="cluster chores")]
+        log.info("cluster node %s joined at %s (lease %.1f s)", self.node, self.own_url,
+                 self.lease)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(RedisError, OSError):
+            await self.ownership.retire(self.node)
+        if self._http is not None:
+            await self._http.close()
+        await self._redis.stop()
+
+    def unready(self) -> str | None:
+        return None if self._redis.ready else "Redis unreachable"
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": self.own_url, "name": f"{socket.gethostname()} {self.own_url}",
+                "started": int(self._started), "agents": len(self._links),
+                "viewers": self._count("relay_live_viewers"),
+                "pushes": self._count("relay_live_pushes")}
+
+    def _count(self, name: str) -> int:
+        return int(self._metrics.registry.get_sample_value(name) or 0)
+
+    # -- links ---------------------------------------------------------------------------------
+
+    async def attach(self, link: AgentLink) -> AgentLink | None:
+        previous = self.attach_here(link)
+        try:
+            claimed, other = await self.ownership.claim(link.gather_id, self.node, link.epoch)
+        except (RedisError, OSError) as exc:  # claimed again when Redis answers (``_renew``)
+            log.warning("gatherer %d: cannot record its link in Redis (%s)", link.gather_id,
+                        exc.__class__.__name__)
+            return previous
+        if not claimed:
+            self.detach_here(link)
+            if previous is not None:
+                self.attach_here(previous)  # (closed by the reconciling, being older still)
+            log.warning("gatherer %d: a newer link is on node %s; closing this one",
+                        link.gather_id, other)
+            await link.close("a newer connection for this gatherer is on another node")
+            return None
+        if other and other != self.node:
+            log.info("gatherer %d moved here from node %s", link.gather_id, other)
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.client.publish(
+                    f"{self._prefix}:moved:{other}",
+                    json.dumps({"gather_id": link.gather_id, "epoch": link.epoch}))
+        return previous
+
+    async def detach(self, link: AgentLink) -> bool:
+        if not self.detach_here(link):
+            return False
+        try:
+            await self.ownership.release(link.gather_id, self.node, link.epoch)
+        except (RedisError, OSError) as exc:  # the sweep ends the claim once it finds it unheld
+            log.warning("gatherer %d: cannot release its claim in Redis (%s)", link.gather_id,
+                        exc.__class__.__name__)
+        return True
+
+    async def _on_moved(self, data: str) -> None:
+        try:
+            notice = json.loads(data)
+            gather_id, epoch = int(notice["gather_id"]), int(notice["epoch"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed cluster notice")
+            return
+        await self._close_if_older(gather_id, epoch, "replaced by a newer connection on another node")
+
+    async def _close_if_older(self, gather_id: int, epoch: int, reason: str) -> None:
+        link = self._links.get(gather_id)
+        if link is not None and link.epoch < epoch:
+            self.detach_here(link)  # not offline: the newer link holds it
+            log.info("gatherer %d: %s", gather_id, reason)
+            await link.close(reason)
+
+    # -- presence ------------------------------------------------------------------------------
+
+    async def online(self, gather_id: int) -> bool:
+        if gather_id in self._links:
+            return True
+        try:
+            owner = await self.ownership.owner(gather_id)
+            return owner is not None and await self.ownership.alive(owner.node) is not None
+        except (RedisError, OSError):
+            return False
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def send(self, gather_id: int, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        if gather_id in self._links:
+            return await self.send_here(gather_id, action, data, self.timeout)
+        deadline = time.monotonic() + self.timeout
+        for _ in range(2):  # once more only when the holder had not got it (it moved just then)
+            try:
+                owner = await self.ownership.owner(gather_id)
+                about = await self.ownership.alive(owner.node) if owner is not None else None
+            except (RedisError, OSError) as exc:
+                log.warning("gatherer %d: %s not sent, Redis unreachable (%s)", gather_id,
+                            action, exc.__class__.__name__)
+                self._missed.add(gather_id)
+                return transmit(OFFLINE)
+            if owner is None or about is None or owner.node == self.node:
+                return transmit(OFFLINE)
+            answer = await self._forward(str(about["url"]), owner.node, gather_id, action, data,
+                                         deadline)
+            if answer is not _MOVED:
+                return answer  # type: ignore[return-value]
+            if gather_id in self._links:  # it moved here
+                return await self.send_here(gather_id, action, data,
+                                            max(0.0, deadline - time.monotonic()))
+        return transmit(OFFLINE)
+
+    async def _forward(self, url: str, node: str, gather_id: int, action: str,
+                       data: dict[str, Any], deadline: float) -> dict[str, Any] | object:
+        assert self._http is not None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return transmit(TIMEOUT)
+        body = {"gather_id": gather_id, "action": action, "data": data, "timeout": remaining}
+        try:
+            # The holder answers 10003 itself at ``remaining``; the margin is for the trip.
+            async with self._http.post(url + COMMAND_PATH, json=body,
+                                       timeout=aiohttp.ClientTimeout(total=remaining + 0.5)
+                                       ) as response:
+                answer = await response.json() if response.status == 200 else None
+        except aiohttp.ClientConnectorError as exc:  # never reached it: nothing was delivered
+            log.warning("gatherer %d: %s not sent, its node %s is unreachable (%s)", gather_id,
+                        action, node, exc.__class__.__name__)
+            return transmit(OFFLINE)
+        except TimeoutError:
+            log.warning("gatherer %d: %s, no answer from node %s in time", gather_id, action, node)
+            return transmit(TIMEOUT)
+        except (aiohttp.ClientError, ValueError) as exc:
+            log.warning("gatherer %d: node %s went during %s (%s)", gather_id, node, action,
+                        exc.__class__.__name__)
+            return transmit(FAILED)
+        if not isinstance(answer, dict):
+            log.warning("gatherer %d: node %s refused %s (HTTP %d)", gather_id, node, action,
+                        response.status)
+            return transmit(FAILED)
+        if answer.get("moved"):
+            return _MOVED
+        result = answer.get("transmit")
+        return result if isinstance(result, dict) else transmit(FAILED)
+
+    async def forwarded(self, gather_id: int, action: str, data: dict[str, Any],
+                        timeout: float) -> dict[str, Any]:
+        """A command another node passed on: sent over our link, or ``moved`` when we have none."""
+        if gather_id not in self._links:
+            return {"moved": True}
+        return {"transmit": await self.send_here(gather_id, action, data,
+                                                 min(timeout, self.timeout))}
+
+    # -- chores --------------------------------------------------------------------------------
+
+    async def _renew(self) -> None:
+        """Renew the lease; when it had lapsed, claim every link held here again."""
+        alive = await self.ownership.renew(self.node, self.describe(), self.lease)
+        if alive and self._had_lease:
+            return
+        if self._had_lease:
+            log.warning("cluster node %s: its lease had lapsed (Redis restarted, or this node "
+                        "was silent too long); claiming its %d links again", self.node,
+                        len(self._links))
+        self._had_lease = True
+        for link in list(self._links.values()):
+            claimed, other = await self.ownership.claim(link.gather_id, self.node, link.epoch)
+            if not claimed and self.detach_here(link):
+                log.info("gatherer %d: a newer connection is on node %s", link.gather_id, other)
+                await link.close("a newer connection for this gatherer is on another node")
+
+    async def _chores(self) -> None:
+        period = self.lease / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._renew()
+                if self._missed:  # their holders relink them, so they get the whole state
+                    missed, self._missed = self._missed, set()
+                    await self._redis.client.sadd(f"{self._prefix}:stale", *missed)
+                await self._reconcile()
+                if await self.ownership.take_turn("sweep", self.node, 2 * period):
+                    await self._sweep()
+            except (RedisError, OSError) as exc:
+                log.debug("cluster chores wait for Redis (%s)", exc.__class__.__name__)
+            except Exception:
+                log.exception("cluster chores")
+
+    async def _reconcile(self) -> None:
+        stale = {int(gid) for gid in await self._redis.client.smembers(f"{self._prefix}:stale")}
+        for gather_id in stale & set(self._links):
+            await self._redis.client.srem(f"{self._prefix}:stale", gather_id)
+            link = self._links[gather_id]
+            if self.detach_here(link):  # not offline: it links again at once
+                await self.ownership.release(gather_id, self.node, link.epoch)
+                log.info("gatherer %d: missed a command while Redis was gone; relinking it so "
+                         "it gets its whole desired state", gather_id)
+                await link.close("relink to get the whole desired state", code=1012)
+        mine = list(self._links.values())
+        owners = await self.ownership.owners([link.gather_id for link in mine])
+        for link in mine:
+            owner = owners.get(link.gather_id)
+            if owner is None:
+                await self.ownership.claim(link.gather_id, self.node, link.epoch)
+            elif owner.node != self.node and owner.epoch > link.epoch:
+                await self._close_if_older(link.gather_id, owner.epoch,
+                                           f"replaced by a newer connection on node {owner.node}")
+
+    async def _sweep(self) -> None:
+        online = await self._catalogue.gatherers.online_links()
+        owners = await self.ownership.owners([gather_id for gather_id, _ in online])
+        nodes = await self.ownership.nodes()
+        living = {node for node, (alive, _) in nodes.items() if alive}
+        unheld = {gather_id: epoch for gather_id, epoch in online
+                  if (owner := owners.get(gather_id)) is None or owner.node not in living}
+        confirmed = [(gather_id, epoch) for gather_id, epoch in unheld.items()
+                     if self._suspects.get(gather_id) == epoch]
+        self._suspects = unheld
+        if confirmed:
+            gone = await self._catalogue.gatherers.set_offline(confirmed)
+            log.info("cluster sweep: %d gatherer(s) no living node holds went offline",
+                     len(gone))
+            for gather_id, _ in confirmed:
+                owner = owners.get(gather_id)
+                if owner is not None:
+                    await self.ownership.release(gather_id, owner.node, owner.epoch)
+        for node, (alive, about) in nodes.items():
+            if not alive:
+                log.info("cluster node %s (%s) is gone", node, about.get("url", "?"))
+                await self.ownership.forget(node)

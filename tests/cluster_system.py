@@ -1,0 +1,201 @@
+"""A whole cluster of real processes for tests (and bench/cluster.py): a fresh PostgreSQL database,
+a Redis server of its own (so a test may stop and start it), N ``relay serve`` nodes and real agents.
+
+Each cluster has its own Redis on a free port (``--save ""``, no persistence), never the machine's
+shared one: stopping it is then a test's right, and nothing it writes is anyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from conftest import (
+    _SESSION,
+    POSTGRES,
+    AgentProcess,
+    RelayProcess,
+    free_port,
+    run_relay,
+    start_agent,
+    start_relay,
+    stop_agent,
+    stop_relay,
+)
+
+_clusters = iter(range(1, 1_000_000))
+
+
+async def _pg(sql: str) -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(POSTGRES)
+    try:
+        await admin.execute(sql)
+    finally:
+        await admin.close()
+
+
+class RedisServer:
+    """A redis-server of our own on 127.0.0.1 (stopped and started again by tests)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
+             "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+class Api:
+    """An API client, as a customer's program would be, on one node (or the balancer)."""
+
+    def __init__(self, base: str, credential: str) -> None:
+        self.base = base
+        self.token = self.get("access_token", unionid=credential)["token"]
+
+    def get(self, name: str, **params: Any) -> dict[str, Any]:
+        url = f"{self.base}/api/v1/{name}?{urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.load(response)
+
+    def call(self, name: str, **params: Any) -> dict[str, Any]:
+        answer = self.get(name, token=self.token, **params)
+        assert answer["err_code"] == 0, answer
+        return answer
+
+    def gatherers(self) -> list[dict[str, Any]]:
+        return self.call("list_gather")["data"]
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    database_url: str
+    redis: RedisServer
+    args: tuple[str, ...]
+    nodes: list[RelayProcess | None] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    agents: list[AgentProcess] = field(default_factory=list)
+    credential: str = ""
+    prefix: str = ""
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"RELAY_DATABASE_URL": self.database_url, "RELAY_REDIS_URL": self.redis.url,
+                "RELAY_REDIS_PREFIX": self.prefix}
+
+    def start_node(self, index: int | None = None) -> RelayProcess:
+        """Start node ``index`` (again, on its port and data dir), or a new one."""
+        if index is None:
+            index = len(self.nodes)
+            self.nodes.append(None)
+            self.ports.append(free_port())
+        node = start_relay(self.tmp / f"node{index}", *self.args, env=self.env,
+                           port=self.ports[index])
+        self.nodes[index] = node
+        if node.credential:
+            self.credential = node.credential
+        return node
+
+    def node(self, index: int) -> RelayProcess:
+        node = self.nodes[index]
+        assert node is not None, f"node {index} is not running"
+        return node
+
+    def api(self, index: int) -> Api:
+        return Api(self.node(index).base_url, self.credential)
+
+    def kill_node(self, index: int) -> str:
+        node = self.node(index)
+        node.process.send_signal(signal.SIGKILL)
+        node.process.wait(10)
+        self.nodes[index] = None
+        return node.process.stderr.read().decode() if node.process.stderr else ""
+
+    def stop_node(self, index: int) -> str:
+        log = stop_relay(self.node(index))
+        self.nodes[index] = None
+        return log
+
+    def agent_key(self, name: str = "school") -> str:
+        return run_relay("agent-key", "add", name, "--data", str(self.tmp / "node0"),
+                         env=self.env).stdout.strip()
+
+    def start_agent(self, server: str, key: str, name: str = "agent", *extra: str) -> AgentProcess:
+        agent = start_agent(server, key, self.tmp / name, *extra)
+        self.agents.append(agent)
+        return agent
+
+    def close(self) -> dict[str, str]:
+        """Stop everything started; the nodes' logs by name."""
+        logs: dict[str, str] = {}
+        for agent in self.agents:
+            stop_agent(agent)
+            logs[agent.data.name] = agent.log()
+        for index, node in enumerate(self.nodes):
+            if node is not None:
+                logs[f"node{index}"] = stop_relay(node)
+        self.redis.stop()
+        return logs
+
+
+def start_cluster(tmp: Path, nodes: int, *args: str) -> Cluster:
+    """A fresh database and Redis, then ``nodes`` nodes one after the other (the first creates
+    the catalogue and the administrator)."""
+    name = f"relay_test_{_SESSION}_cluster_{next(_clusters)}"
+    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+    redis = RedisServer(tmp / "redis")
+    cluster = Cluster(tmp, f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", redis, args,
+                      prefix=f"t{os.getpid()}")
+    try:
+        redis.start()
+        for _ in range(nodes):
+            cluster.start_node()
+    except BaseException:
+        cluster.close()
+        drop_cluster_database(cluster)
+        raise
+    return cluster
+
+
+def drop_cluster_database(cluster: Cluster) -> None:
+    name = cluster.database_url.rsplit("/", 1)[1]
+    asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,0 +1,183 @@
+"""A cluster of real processes: PostgreSQL, a Redis of its own, three ``relay serve`` nodes, real
+agents. API calls on any node reach the agent wherever it is linked and answer its own transmit;
+presence is right on every node; a dead node's gatherers go offline; node-to-node requests need
+the cluster secret; Redis stopped and started again, the nodes recover by themselves."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_system import Cluster, drop_cluster_database, start_cluster
+from conftest import eventually
+from live_system import no_tracebacks
+
+from relay.agent.demo_video import make_demo_video
+
+LEASE = 3.0
+ARGS = ("--command-timeout", "3", "--agent-heartbeat", "1", "--node-lease", str(LEASE),
+        "--log-level", "info")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    return make_demo_video(tmp_path_factory.mktemp("media") / "cam.mp4", seconds=2)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = start_cluster(tmp_path, 3, *ARGS)
+    try:
+        yield cluster
+    finally:
+        secret = read_secret(cluster)
+        logs = cluster.close()
+        drop_cluster_database(cluster)
+    for name, log in logs.items():
+        assert secret not in log, f"{name} logged the cluster secret"
+    no_tracebacks(logs)
+
+
+def read_secret(cluster: Cluster) -> str:
+    """The cluster secret as a node derives it (from the catalogue's signing key)."""
+    import asyncio
+
+    import asyncpg
+
+    async def key() -> bytes:
+        connection = await asyncpg.connect(cluster.database_url.replace("+asyncpg", ""))
+        try:
+            value = await connection.fetchval("SELECT value FROM meta WHERE key = 'signing_key'")
+        finally:
+            await connection.close()
+        return bytes.fromhex(value)
+
+    return hmac.new(asyncio.run(key()), b"relay cluster nodes v1", hashlib.sha256).hexdigest()
+
+
+def ok(transmit: dict[str, Any]) -> dict[str, Any]:
+    assert transmit["err_code"] == 0 and transmit["err_msg"] == "OK", transmit
+    return transmit.get("data", {})
+
+
+def online_on_every_node(cluster: Cluster, want: int) -> bool:
+    return all([row["status"] for row in cluster.api(index).gatherers()] == [want]
+               for index, node in enumerate(cluster.nodes) if node is not None)
+
+
+def test_api_calls_on_every_node_answer_the_agents_transmit(cluster: Cluster, video: Path) -> None:
+    key = cluster.agent_key()
+    agent = cluster.start_agent(cluster.node(1).base_url, key)  # linked to node 1
+    eventually(lambda: online_on_every_node(cluster, 1), timeout=20)
+    [gatherer] = cluster.api(0).gatherers()
+    gather_id = gatherer["gather_id"]
+    camera_ids = []
+    for index in (0, 1, 2):  # through another node, the holder, another node
+        api = cluster.api(index)
+        answer = api.call("add_camera", camera_name=f"cam{index}", gather_id=gather_id,
+                          stream_prop=1, stream_mp4=str(video))
+        assert ok(answer["transmit"]) == {"camera_id": answer["camera_id"], "started": 1}
+        camera_ids.append(answer["camera_id"])
+        assert [c["camera_id"] for c in agent.state()["state"]["cameras"]] == camera_ids
+        assert ok(api.call("stop_camera", camera_id=answer["camera_id"])["transmit"]
+                  )["started"] == 0
+        held = {c["camera_id"]: c for c in agent.state()["state"]["cameras"]}
+        assert held[answer["camera_id"]]["started"] == 0
+    for index in (0, 1, 2):
+        assert cluster.api(index).get("get_camera_status", token=cluster.api(index).token,
+                                      camera_id=camera_ids[0])["err_code"] == 0
+        with urllib.request.urlopen(cluster.node(index).base_url + "/readyz", timeout=5) as r:
+            assert json.load(r)["status"] == "ok"
+
+
+def test_node_to_node_requests_need_the_cluster_secret(cluster: Cluster) -> None:
+    url = cluster.node(0).base_url + "/cluster/v1/command"
+    body = json.dumps({"gather_id": 1, "action": "camera.stop", "data": {"camera_id": 1},
+                       "timeout": 1}).encode()
+
+    def post(headers: dict[str, str], data: bytes = body) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(url, data, {"Content-Type": "application/json",
+                                                     **headers}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
+    assert post({})[0] == 401
+    assert post({"Authorization": "Bearer " + "0" * 64})[0] == 401
+    assert post({"Authorization": "Basic eDp5"})[0] == 401
+    secret = read_secret(cluster)
+    good = {"Authorization": f"Bearer {secret}"}
+    assert post(good) == (200, {"moved": True})  # nobody holds gatherer 1 here
+    for bad in (b"", b"[]", b"{", json.dumps({"gather_id": "1", "action": "camera.stop",
+                                              "data": {}, "timeout": 1}).encode(),
+                json.dumps({"gather_id": 1, "action": "rm -rf", "data": {},
+                            "timeout": 1}).encode(),
+                json.dumps({"gather_id": 1, "action": "camera.stop", "data": {},
+                            "timeout": "NaN"}).encode()):
+        status, answer = post(good, bad)
+        assert status == 400 and "expected" in answer["err_msg"], (bad, status, answer)
+
+
+def test_a_killed_node_s_gatherers_go_offline_and_come_back(cluster: Cluster) -> None:
+    key = cluster.agent_key()
+    cluster.start_agent(cluster.node(2).base_url, key)
+    eventually(lambda: online_on_every_node(cluster, 1), timeout=20)
+    killed = time.monotonic()
+    cluster.kill_node(2)
+    # Noticed within the lease and two sweeps (a third of the lease each), plus a poll.
+    eventually(lambda: online_on_every_node(cluster, 0), timeout=LEASE * 3)
+    noticed = time.monotonic() - killed
+    assert noticed <= LEASE + 3 * LEASE / 3 + 1.5, noticed
+    gather_id = cluster.api(0).gatherers()[0]["gather_id"]
+    answer = cluster.api(0).call("mod_gather", gather_id=gather_id, name_set="x")
+    assert answer["transmit"]["err_code"] == 10002
+    cluster.start_node(2)  # same port: the agent links again, to a new node process
+    eventually(lambda: online_on_every_node(cluster, 1), timeout=20)
+    ok(cluster.api(0).call("mod_gather", gather_id=gather_id, name_set="y")["transmit"])
+
+
+def test_redis_stopped_and_started_again(cluster: Cluster, video: Path) -> None:
+    key = cluster.agent_key()
+    agent = cluster.start_agent(cluster.node(1).base_url, key)
+    eventually(lambda: online_on_every_node(cluster, 1), timeout=20)
+    gather_id = cluster.api(0).gatherers()[0]["gather_id"]
+    cluster.redis.stop()
+
+    def not_ready(index: int) -> bool:
+        try:
+            urllib.request.urlopen(cluster.node(index).base_url + "/readyz", timeout=5)
+        except urllib.error.HTTPError as error:
+            return error.code == 503 and json.load(error)["cluster"] == "Redis unreachable"
+        return False
+
+    eventually(lambda: all(not_ready(index) for index in range(3)), timeout=10)
+    started = time.monotonic()
+    answer = cluster.api(0).call("add_camera", camera_name="during", gather_id=gather_id,
+                                 stream_prop=1, stream_mp4=str(video))
+    assert time.monotonic() - started < 5  # a clear answer, not a hang
+    assert answer["transmit"]["err_code"] == 10002
+    camera_id = answer["camera_id"]
+    # The holder still reaches its own agent.
+    ok(cluster.api(1).call("mod_gather", gather_id=gather_id, name_set="during")["transmit"])
+    time.sleep(4)
+    cluster.redis.start()  # empty: nothing was kept
+    eventually(lambda: not any(not_ready(index) for index in range(3)), timeout=10)
+    # The camera added meanwhile reaches the agent (its link is renewed with the whole state).
+    eventually(lambda: camera_id in {c["camera_id"] for c in agent.state()["state"]["cameras"]},
+               timeout=10)
+    ok(eventually(lambda: (t := cluster.api(2).call(
+        "stop_camera", camera_id=camera_id)["transmit"])["err_code"] == 0 and t, timeout=10))
+    assert {c["camera_id"]: c["started"] for c in agent.state()["state"]["cameras"]}[
+        camera_id] == 0
+    time.sleep(LEASE)  # sweeps have run on the new Redis: the linked gatherer stays online
+    assert online_on_every_node(cluster, 1)
