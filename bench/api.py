@@ -1,6 +1,7 @@
 """Benchmark the API's listings (wrk) and its writes under contention against a bare aiohttp baseline.
 
     .venv/bin/python bench/api.py [--rounds 3] [--duration 10] [--rows 100000] [--writers 20]
+    .venv/bin/python bench/api.py --skip-mutations --backends sqlite,postgresql   # both catalogues
 
 What it does, in order:
 
@@ -62,10 +63,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from common import (
+    POSTGRES_ADMIN,
     Processes,
     Run,
     cpu_seconds,
     free_port,
+    fresh_postgres,
     http_get,
     interrupt,
     start_relay_serve,
@@ -85,13 +88,16 @@ JSON_RUN_KEYS = ("rps", "p50_ms", "p99_ms", "errors")  # what --json records of 
 # --------------------------------------------------------------------------- seeding
 
 
-async def seed(data: Path, rows: int, gatherer_count: int) -> dict[str, float]:
-    """Fill a fresh catalogue in ``data`` with ``rows`` cameras and ``rows`` records."""
+async def seed(data: Path, rows: int, gatherer_count: int, database_url: str = ""
+               ) -> dict[str, float]:
+    """Fill a fresh catalogue in ``data`` (or at ``database_url``) with ``rows`` cameras and
+    ``rows`` records."""
     from relay.catalogue import Catalogue
     from relay.catalogue.schema import cameras, records
     from relay.config import load_settings
 
-    settings = load_settings({"data": data}, environ={})
+    settings = load_settings({"data": data, **({"database_url": database_url} if database_url
+                                               else {})}, environ={})
     rng = random.Random(20240601)
     now = int(time.time())
     timings: dict[str, float] = {}
@@ -479,6 +485,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-listings", action="store_true", help="leave out part 1 (wrk)")
     parser.add_argument("--skip-mutations", action="store_true",
                         help="leave out part 2 (writes under contention)")
+    parser.add_argument("--backends", default=["sqlite"], metavar="B[,B]",
+                        type=lambda text: [v for v in text.split(",") if v],
+                        help="catalogues to run on, in turn: sqlite, postgresql (a fresh database "
+                             "made and dropped for the run) or sqlite,postgresql (default sqlite)")
+    parser.add_argument("--postgres", default=POSTGRES_ADMIN, metavar="URL",
+                        help=f"the PostgreSQL server's admin database (default {POSTGRES_ADMIN})")
     parser.add_argument("--relay-dir", type=Path, default=ROOT,
                         help="seed with and run relay serve from this checkout (default: this one)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers to this file")
@@ -488,16 +500,35 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
+    """Each of ``--backends`` in turn, each with its own baseline; the worst exit status."""
     if not args.skip_listings and shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed")
-    data = work / "data"
+    status = 0
+    for backend in args.backends:
+        if backend == "sqlite":
+            status = max(status, bench_one(args, processes, work, backend))
+            continue
+        with fresh_postgres("api", args.postgres) as url:
+            try:
+                status = max(status, bench_one(args, processes, work, backend, url))
+            finally:
+                processes.stop_all()  # (the relay's connections go before the database does)
+    return status
 
-    print(f"seeding {args.rows:,} cameras and {args.rows:,} records in {data} …", flush=True)
-    timings = asyncio.run(seed(data, args.rows, args.gatherers))
+
+def bench_one(args: argparse.Namespace, processes: Processes, work: Path, backend: str,
+              database_url: str = "") -> int:
+    data = work / f"data-{backend}"
+    stderr = work / f"relay-{backend}.stderr"
+    print(f"\n== catalogue on {backend}", flush=True)
+    print(f"seeding {args.rows:,} cameras and {args.rows:,} records in "
+          f"{'a fresh PostgreSQL database' if database_url else data} …", flush=True)
+    timings = asyncio.run(seed(data, args.rows, args.gatherers, database_url))
     print(f"  cameras {timings['cameras']:.1f}s, records {timings['records']:.1f}s", flush=True)
 
-    served = start_relay_serve(  # the access log goes to relay.stderr
-        processes, data, work / "relay.stderr", ["--log-level", "warning"], cwd=args.relay_dir,
+    where = ["--database-url", database_url] if database_url else []
+    served = start_relay_serve(  # the access log goes to relay-BACKEND.stderr
+        processes, data, stderr, ["--log-level", "warning", *where], cwd=args.relay_dir,
         stdin=None, token_timeout=10.0,
     )
     relay, relay_base, token = served.child, served.base, served.token
@@ -538,10 +569,14 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
           flush=True)
 
     raw: dict[str, Any] = {"argv": sys.argv, "rows": args.rows, "nproc": os.cpu_count(),
-                           "python": platform.python_version(), "body_bytes": len(body)}
+                           "python": platform.python_version(), "body_bytes": len(body),
+                           "backend": backend}
     if not args.skip_listings:
-        raw["targets"] = bench_listings(args, processes, baseline_url, urls, expected, version_url)
-    if not args.skip_mutations:
+        raw["targets"] = bench_listings(args, processes, baseline_url, urls, expected, version_url,
+                                        backend)
+    if not args.skip_mutations and backend != "sqlite":
+        print("\n(writes under contention: SQLite only, its check reads the file)", flush=True)
+    elif not args.skip_mutations:
         print(f"\nwrites under contention: {args.writers} concurrent clients", flush=True)
         mutations, met, raw["mutations"] = bench_mutations(args, api, token, baseline_url, data,
                                                            relay.pid, baseline_proc.pid)
@@ -553,9 +588,12 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
         print(f"\ngoal (p99 of every mutation kind ≤ {GOAL_P99_MS:g} ms): "
               f"{'met' if met else 'missed'}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(raw, indent=2))
-    relay_errors = (work / "relay.stderr").read_text(errors="replace")
+        path = args.json if backend == "sqlite" else args.json.with_suffix(f".{backend}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(raw, indent=2))
+    processes.stop(relay)
+    processes.stop(baseline_proc)
+    relay_errors = stderr.read_text(errors="replace")
     problems = [line for line in relay_errors.splitlines()
                 if " ERROR " in line or "Traceback" in line]
     if problems:
@@ -567,7 +605,7 @@ def bench(args: argparse.Namespace, processes: Processes, work: Path) -> int:
 
 def bench_listings(args: argparse.Namespace, processes: Processes, baseline_url: str,
                    urls: dict[str, str], expected: dict[str, int],
-                   version_url: str) -> dict[str, Any]:
+                   version_url: str, backend: str = "sqlite") -> dict[str, Any]:
     """Part 1: wrk on the listings and the baseline in turn; prints the tables, returns raw runs."""
     baseline = Target("baseline (bare aiohttp)", baseline_url)
     targets = [baseline, *(Target(name, url) for name, url in urls.items())]
@@ -587,9 +625,11 @@ def bench_listings(args: argparse.Namespace, processes: Processes, baseline_url:
         check_page(url, expected[name])  # still answering real pages (token not expired, …)
 
     print()
-    print(f"{args.rows:,} cameras / {args.rows:,} records; wrk -t{args.threads} "
-          f"-c{args.connections} -d{max(1, round(args.duration))}s, {args.rounds} rounds, medians; "
-          f"nproc {os.cpu_count()}, Python {platform.python_version()}")
+    print(f"Catalogue on {backend}: {args.rows:,} cameras / {args.rows:,} records; wrk "
+          f"-t{args.threads} -c{args.connections} -d{max(1, round(args.duration))}s, "
+          f"{args.rounds} rounds, medians; nproc {os.cpu_count()}, Python "
+          f"{platform.python_version()}; load average at the end "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(table(targets, baseline))
     print()
     print(rounds_table(targets))
@@ -605,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.rounds, args.duration, args.rows, args.gatherers, args.writers) < 1:
         raise SystemExit("bench: --rounds, --duration, --rows, --gatherers and --writers must be "
                          "at least 1")
+    if not args.backends or set(args.backends) - {"sqlite", "postgresql"}:
+        raise SystemExit("bench: --backends takes sqlite, postgresql or both (comma-separated)")
     args.relay_dir = args.relay_dir.resolve()
     if not (args.relay_dir / "relay" / "__init__.py").is_file():
         raise SystemExit(f"bench: no relay package in --relay-dir {args.relay_dir}")

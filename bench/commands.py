@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/commands.py [--rounds 3] [--duration 8] [--agents 10000] [--skip-agents]
     .venv/bin/python bench/commands.py --only storm --storm 1000,5000,10000   # part 3 alone
+    .venv/bin/python bench/commands.py --only commands --backends sqlite,postgresql  # part 1, both
 
 With the defaults it takes about 5 minutes (2 cores) for parts 1 and 2, and part 3 (one storm of
 10,000 agents) up to 10 more. ``--profile DIR`` adds py-spy profiles of the relay; ``--relay-dir
 COPY`` runs ``relay serve`` from another copy of the project (an A/B of relay code with the same
 bench); ``--keep`` keeps the data dirs and logs; ``--only PART`` or ``--skip-PART`` chooses parts.
-Parts 1 and 2 need wrk.
+Parts 1 and 2 need wrk. ``--backends sqlite,postgresql`` runs part 1 once per catalogue backend,
+each against its own echo baseline: PostgreSQL in a fresh database made on ``--postgres``'s server
+for the run and dropped after it.
 
 Part 1, command round trip. A real ``relay serve`` (fresh data dir), one simulated agent (a minimal
 aiohttp WebSocket client in its own process, this script with ``--role agent``) and one camera on
@@ -86,9 +89,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from common import (
+    POSTGRES_ADMIN,
     Processes,
     cpu_seconds,
     free_port,
+    fresh_postgres,
     http_get,
     http_json,
     interrupt,
@@ -744,19 +749,22 @@ class Relay:
 
 
 def start_relay(processes: Processes, work: Path, name: str, extra: list[str],
-                relay_dir: Path = ROOT) -> Relay:
+                relay_dir: Path = ROOT, database_url: str = "") -> Relay:
     """``relay serve`` on a fresh data dir, run from ``relay_dir`` (``python -m relay`` imports the
     ``relay`` package there first, so a copy of the tree with other code can be compared), and an
     agent key for all the bench's agents: made once the relay has created the catalogue (commands
-    refuse a dir without one), allowed ``GATHERERS`` gatherers (a key registers one by default)."""
+    refuse a dir without one), allowed ``GATHERERS`` gatherers (a key registers one by default).
+    ``database_url``: the catalogue there (PostgreSQL) instead of SQLite in the data dir."""
     data = work / f"{name}-data"
     stderr = work / f"{name}.stderr"
-    served = start_relay_serve(processes, data, stderr, ["--log-level", "warning", *extra],
-                               cwd=relay_dir)
+    where = ["--database-url", database_url] if database_url else []
+    served = start_relay_serve(processes, data, stderr,
+                               ["--log-level", "warning", *where, *extra], cwd=relay_dir)
     key = subprocess.run(
         [sys.executable, "-m", "relay", "agent-key", "add", "bench", "--gatherers", str(GATHERERS),
          "--data", str(data)],
         capture_output=True, text=True, timeout=120, cwd=relay_dir, check=True,
+        env={**os.environ, **({"RELAY_DATABASE_URL": database_url} if database_url else {})},
     ).stdout.strip()
     return Relay(served.child, served.base, served.token, key, stderr)
 
@@ -779,7 +787,7 @@ def still_answers(url: str, what: str) -> str:
 # --------------------------------------------------------------------------- part 1
 
 
-async def _breakdown(data: Path, calls: int) -> list[tuple[str, float]]:
+async def _breakdown(data: Path, calls: int, database_url: str = "") -> list[tuple[str, float]]:
     """In this process: median µs of the pieces of a start_camera call, on the relay's own code."""
     from relay.api.auth import authenticate, issue_token
     from relay.config import load_settings
@@ -790,7 +798,8 @@ async def _breakdown(data: Path, calls: int) -> list[tuple[str, float]]:
             await asyncio.sleep(0)
             return {"err_code": 0, "err_msg": "OK", "data": {}}
 
-    services = await open_services(load_settings({"data": data}, environ={}))
+    settings = {"data": data, **({"database_url": database_url} if database_url else {})}
+    services = await open_services(load_settings(settings, environ={}))
     try:
         account = await services.catalogue.accounts.add("bench", "correct horse", is_admin=True)
         token, _ttl = issue_token(services, account)
@@ -816,9 +825,11 @@ async def _breakdown(data: Path, calls: int) -> list[tuple[str, float]]:
         async def send() -> None:
             await services.hub.send(gather_id, "camera.start", {"camera_id": camera_id})
 
-        pieces = [("authenticate (signature, then the token's account looked up)", [auth]),
-                  ("catalogue set_started, camera already started (a lookup)", [start]),
-                  ("catalogue set_started, alternating 1/0 (a lookup and a write)", [toggle]),
+        pieces = [("authenticate (signature, then the token's account, cached)", [auth]),
+                  ("catalogue set_started, camera already started (a conditional UPDATE "
+                   "changing nothing, the gatherer from the cache)", [start]),
+                  ("catalogue set_started, alternating 1/0 (a conditional UPDATE that "
+                   "changes the row)", [toggle]),
                   ("hub.send to an in-process link that answers at once", [send])]
         results = []
         for name, steps in pieces:
@@ -836,9 +847,10 @@ async def _breakdown(data: Path, calls: int) -> list[tuple[str, float]]:
         await services.catalogue.close()
 
 
-def breakdown(work: Path, calls: int = 1000) -> str:
+def breakdown(work: Path, calls: int = 1000, database_url: str = "", name: str = "breakdown"
+              ) -> str:
     try:
-        pieces = asyncio.run(_breakdown(work / "breakdown-data", calls))
+        pieces = asyncio.run(_breakdown(work / f"{name}-data", calls, database_url))
     except Exception as exc:  # the relay's internals moved: the rest of the bench still counts
         return f"(in-process breakdown unavailable: {exc.__class__.__name__}: {exc})"
     lines = [f"Where a start_camera call's time goes, in-process on the relay's own code "
@@ -859,9 +871,12 @@ def toggle_script(path: Path, first: str, second: str) -> Path:
     return path
 
 
-def part_commands(args: argparse.Namespace, processes: Processes, work: Path) -> dict[str, Any]:
-    print("== part 1: start_camera round trip, relay vs bare aiohttp WebSocket echo", flush=True)
-    relay = start_relay(processes, work, "relay1", ["--command-timeout", "10"], args.relay_dir)
+def part_commands(args: argparse.Namespace, processes: Processes, work: Path,
+                  backend: str = "sqlite", database_url: str = "") -> dict[str, Any]:
+    print(f"== part 1 ({backend}): start_camera round trip, relay vs bare aiohttp WebSocket echo",
+          flush=True)
+    relay = start_relay(processes, work, f"relay1-{backend}", ["--command-timeout", "10"],
+                        args.relay_dir, database_url)
     print(f"relay serve PID {relay.child.pid} on {relay.base}", flush=True)
     fleet = AgentFleet(processes, relay.base.replace("http", "ws") + "/agent", relay.key, 1, 1,
                        10, 1, 3, work)
@@ -879,6 +894,7 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
     print(f"agent PID {fleet.children[0].pid} is gatherer {gather_id}; camera {camera_id}",
           flush=True)
 
+    load_at_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
     echo_port = free_port()
     echo = processes.start([sys.executable, SCRIPT, "--role", "echo", "--port", str(echo_port)],
                            stdout=subprocess.DEVNULL,
@@ -944,9 +960,10 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
         processes.stop(child)
 
     lines = [
-        f"wrk -t1 --latency, {args.duration:g} s per run, {args.rounds} rounds alternating echo "
-        f"and relay, medians of the rounds; nproc {os.cpu_count()}, Python "
-        f"{platform.python_version()}",
+        f"Catalogue on **{backend}**. wrk -t1 --latency, {args.duration:g} s per run, "
+        f"{args.rounds} rounds alternating echo and relay, medians of the rounds; nproc "
+        f"{os.cpu_count()}, Python {platform.python_version()}; load average at the start "
+        f"{load_at_start}, at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
         "",
         "| target | callers | req/s | p50 ms | p99 ms | server CPU µs/request | requests | errors "
         "| unanswered |",
@@ -990,7 +1007,7 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
         lines.append(f"relay's first error (or warning): {first_error}")
     lines += [f"after the runs: {problem}" for problem in afterwards]
     if not args.skip_breakdown:
-        lines += ["", breakdown(work)]
+        lines += ["", breakdown(work, database_url=database_url, name=f"breakdown-{backend}")]
     print("\n" + "\n".join(lines) + "\n", flush=True)
     return {
         "table": "\n".join(lines),
@@ -1567,6 +1584,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--relay-dir", type=Path, default=ROOT,
                         help="run relay serve from this copy of the project (default: this one)")
     parser.add_argument("--skip-commands", action="store_true", help="skip part 1")
+    parser.add_argument("--backends", default=["sqlite"], metavar="B[,B]",
+                        type=lambda text: [v for v in text.split(",") if v],
+                        help="part 1's catalogues, in turn: sqlite (a file in the data dir), "
+                             "postgresql (a fresh database made and dropped for the run), or "
+                             "both, sqlite,postgresql (default sqlite)")
+    parser.add_argument("--postgres", default=POSTGRES_ADMIN, metavar="URL",
+                        help=f"the PostgreSQL server's admin database (default {POSTGRES_ADMIN})")
     parser.add_argument("--skip-agents", action="store_true", help="skip part 2")
     parser.add_argument("--skip-storm", action="store_true", help="skip part 3")
     parser.add_argument("--only", choices=("commands", "agents", "storm"),
@@ -1629,6 +1653,8 @@ def main(argv: list[str] | None = None) -> int:
            args.connect_rate, args.inflight, args.storm_limit, *args.storm) <= 0 or (
             args.storm_hold < 0 or not args.storm):
         raise SystemExit("bench: counts, rates and durations must be positive")
+    if not args.backends or set(args.backends) - {"sqlite", "postgresql"}:
+        raise SystemExit("bench: --backends takes sqlite, postgresql or both (comma-separated)")
     if shutil.which("wrk") is None and not (args.skip_commands and args.skip_agents):
         raise SystemExit("bench: wrk is not installed (parts 1 and 2 need it)")
     signal.signal(signal.SIGTERM, interrupt)
@@ -1639,7 +1665,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if not args.skip_commands:
-            results["commands"] = part_commands(args, processes, work)
+            for backend in args.backends:
+                key = "commands" if backend == "sqlite" else f"commands-{backend}"
+                if backend == "sqlite":
+                    results[key] = part_commands(args, processes, work)
+                    continue
+                with fresh_postgres("commands", args.postgres) as url:
+                    try:
+                        results[key] = part_commands(args, processes, work, backend, url)
+                    finally:
+                        processes.stop_all()  # (its connections go before the database does)
         if not args.skip_agents:
             results["agents"] = part_agents(args, processes, work)
         if not args.skip_storm:

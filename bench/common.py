@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +30,41 @@ START_TIMEOUT = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+#: This machine's PostgreSQL (trust auth on 127.0.0.1), where a bench makes its own database.
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _admin(statement: str, admin_url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@contextlib.contextmanager
+def fresh_postgres(tag: str, admin_url: str = POSTGRES_ADMIN) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one bench run (its SQLAlchemy URL for ``relay
+    --database-url``), dropped afterwards whatever happens (``WITH (FORCE)``: a relay killed
+    mid-run may still hold connections)."""
+    name = f"relay_bench_{re.sub(r'[^a-z0-9_]', '_', tag.lower())}_{os.getpid()}_{int(time.time())}"
+    _admin(f'CREATE DATABASE "{name}"', admin_url)
+    try:
+        host = admin_url.split("://", 1)[1].rsplit("/", 1)[0]
+        yield f"postgresql+asyncpg://{host}/{name}"
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', admin_url)
 
 
 # --------------------------------------------------------------------------- processes

@@ -321,3 +321,28 @@ def eventually(check, timeout: float = 15.0, interval: float = 0.1):  # type: ig
             assert value, f"condition not met within {timeout} s"
             return value
         time.sleep(interval)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def catalogue_url(request, tmp_path: Path) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """A catalogue's URL on each backend: a SQLite file in ``tmp_path/data`` (where ``relay
+    --data tmp_path/data`` finds it), or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'relay.sqlite3'}"
+        return
+    async with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+async def catalogue(catalogue_url: str):  # type: ignore[no-untyped-def]
+    """A ``Catalogue`` on each backend; on PostgreSQL its listener is up (its cache is on)."""
+    from relay.catalogue import Catalogue
+
+    opened = await Catalogue.open(catalogue_url)
+    try:
+        if opened.hot.listener is not None:
+            await opened.hot.listener.wait_connected(10)
+        yield opened
+    finally:
+        await opened.close()

@@ -1,12 +1,15 @@
 """Agent keys own their gatherers: what another site's key can no longer do, against a real relay.
 
 The agents here are this test speaking the agent protocol over real sockets (so it can try what a
-hostile agent would); the relay is a real ``relay serve`` process with its real catalogue.
+hostile agent would); the relay is a real ``relay serve`` process with its real catalogue, on a
+SQLite file and on a fresh PostgreSQL database (``relay agent-key`` commands run beside it on the
+same catalogue, as an operator's would).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -17,7 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
-from conftest import RelayProcess, run_relay, start_relay, stop_relay
+from conftest import RelayProcess, fresh_postgres, run_relay, start_relay, stop_relay
 
 from relay.link import protocol
 
@@ -28,6 +31,7 @@ FAST = ("--agent-key-recheck", "1", "--command-timeout", "5")
 class Site:
     relay: RelayProcess
     token: str
+    env: dict[str, str] | None = None  # RELAY_DATABASE_URL on PostgreSQL
 
     @property
     def data(self) -> str:
@@ -36,7 +40,8 @@ class Site:
     async def cli(self, *args: str, check: bool = True):  # type: ignore[no-untyped-def]
         """A ``relay`` command on this site's data dir, off the loop (the test's agents must
         keep answering the relay's pings meanwhile)."""
-        return await asyncio.to_thread(run_relay, *args, "--data", self.data, check=check)
+        return await asyncio.to_thread(run_relay, *args, "--data", self.data, env=self.env,
+                                       check=check)
 
     async def key(self, name: str) -> str:
         return (await self.cli("agent-key", "add", name)).stdout.strip()
@@ -52,16 +57,31 @@ class Site:
         return stop_relay(self.relay)
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    relay = start_relay(tmp_path / "data", *FAST)
+def _postgres_url() -> Iterator[str]:
+    """``fresh_postgres`` from a synchronous fixture: its own loop, kept open for the test (a
+    loop that ends would finalize the context manager, dropping the database at once)."""
+    loop = asyncio.new_event_loop()
+    database = fresh_postgres()
     try:
+        yield loop.run_until_complete(database.__aenter__())
+    finally:
+        loop.run_until_complete(database.__aexit__(None, None, None))
+        loop.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def site(request, tmp_path: Path) -> Iterator[Site]:  # type: ignore[no-untyped-def]
+    with contextlib.ExitStack() as stack:
+        env = None
+        if request.param == "postgresql":
+            url = stack.enter_context(contextlib.contextmanager(_postgres_url)())
+            env = {"RELAY_DATABASE_URL": url}
+        relay = start_relay(tmp_path / "data", *FAST, env=env)
+        stack.callback(stop_relay, relay)
         with urllib.request.urlopen(
                 f"{relay.base_url}/api/v1/access_token?unionid={relay.credential}") as answer:
             token = json.load(answer)["token"]
-        yield Site(relay, token)
-    finally:
-        stop_relay(relay)
+        yield Site(relay, token, env)
 
 
 def hello(mac: str, name: str = "pc") -> dict[str, Any]:

@@ -6,24 +6,18 @@ import functools
 import hashlib
 import re
 import secrets
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import passwords
+from .cache import HotRows
 from .database import Database
 from .errors import AlreadyExists, NotFound
 from .schema import accounts, sessions
 
 CREDENTIAL_PATTERN = re.compile(r"[A-Za-z0-9_-]{32}")
-
-#: How long ``by_id`` (every API call's token check) may answer from memory. This process's own
-#: account changes clear the memory at once; another process's (``relay user`` against a running
-#: server, another relay node) take effect within this time.
-MEMO_SECONDS = 1.0
-MEMO_SIZE = 1024
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
@@ -37,7 +31,7 @@ class Account:
     @functools.cached_property
     def credential_tag(self) -> str:
         """A short digest of the credential; tokens carry it so rotation voids them. (Computed once
-        per account read: ``by_id`` hands every token check of the next second the same object.)"""
+        per account read: ``by_id`` hands the token checks of the next seconds the same object.)"""
         return hashlib.sha256(self.credential.encode()).hexdigest()[:16]
 
 
@@ -65,10 +59,10 @@ def _session_hash(session_token: str) -> str:
 
 
 class Accounts:
-    def __init__(self, db: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, db: Database, clock, hot: HotRows) -> None:  # type: ignore[no-untyped-def]
         self._db = db
         self._clock = clock
-        self._memo: dict[int, tuple[float, Account]] = {}
+        self._hot = hot
 
     async def add(self, name: str, password: str, is_admin: bool) -> Account:
         if not NAME_PATTERN.fullmatch(name):
@@ -108,17 +102,11 @@ class Accounts:
         return _account(row) if row else None
 
     async def by_id(self, account_id: int) -> Account | None:
-        """Every API call's token check reads this: answered from memory for ``MEMO_SECONDS``."""
-        now = time.monotonic()
-        remembered = self._memo.get(account_id)
-        if remembered is not None and now - remembered[0] < MEMO_SECONDS:
-            return remembered[1]
-        account = _account_of(await self._db.lookup(_BY_ID, account_id=account_id))
-        if account is not None:
-            if len(self._memo) >= MEMO_SIZE:
-                self._memo.clear()
-            self._memo[account_id] = (now, account)
-        return account
+        """Every API call's token check reads this: from this node's cache (``cache.py``)."""
+        async def load() -> Account | None:
+            return _account_of(await self._db.lookup(_BY_ID, account_id=account_id))
+
+        return await self._hot.accounts.get(account_id, load)
 
     async def by_credential(self, credential: str) -> Account | None:
         if not CREDENTIAL_PATTERN.fullmatch(credential):
@@ -143,8 +131,9 @@ class Accounts:
                 )
                 if result.rowcount == 0:
                     raise NotFound(f"no account named {name!r}")
+                await self._hot.notify(conn, "account")
         finally:
-            self._memo.clear()  # after the commit: nothing read before it survives
+            self._hot.forget("account")  # after the commit: nothing read before it survives
 
     async def rotate(self, name: str) -> str:
         """Issue a new credential; every token of the old one stops working."""
@@ -171,8 +160,9 @@ class Accounts:
                                            updated=int(self._clock())))
                 await conn.execute(delete(sessions).where(sessions.c.account_id == found[0])
                                    .where(sessions.c.session_hash != kept))
+                await self._hot.notify(conn, "account", [found[0]])
         finally:
-            self._memo.clear()
+            self._hot.forget("account")
 
     # Sign-in sessions: the browser holds a random token, the table holds only its digest.
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .cache import HotRows
 from .database import Database
 from .errors import AlreadyExists, NotFound
 from .schema import agent_keys, gatherers
@@ -49,9 +50,10 @@ def digest(key: str) -> str:
 
 
 class AgentKeys:
-    def __init__(self, db: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, db: Database, clock, hot: HotRows) -> None:  # type: ignore[no-untyped-def]
         self._db = db
         self._clock = clock
+        self._hot = hot
 
     async def add(self, name: str, max_gatherers: int = 1) -> str:
         """Create a key named ``name``; returns the key itself (shown once, never stored)."""
@@ -84,23 +86,33 @@ class AgentKeys:
                              tuple(owned.get(r.key_id, ()))) for r in rows]
 
     async def revoke(self, name: str) -> None:
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(agent_keys)
-                .where(agent_keys.c.name == name)
-                .values(revoked=int(self._clock()))
-            )
+        """New logins with the key are refused at once on this node, within ``cache.py``'s
+        expiry on others (at once on PostgreSQL); its links close at their next recheck."""
+        try:
+            async with self._db.write() as conn:
+                result = await conn.execute(
+                    update(agent_keys)
+                    .where(agent_keys.c.name == name)
+                    .values(revoked=int(self._clock()))
+                )
+                await self._hot.notify(conn, "agent_key")
+        finally:
+            self._hot.forget("agent_key")
         if result.rowcount == 0:
             raise NotFound(f"no agent key named {name!r}")
 
     async def set_limit(self, name: str, max_gatherers: int) -> None:
         """How many gatherers the key may own; lowering it never unbinds one it already owns."""
         _check_limit(max_gatherers)
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(agent_keys).where(agent_keys.c.name == name)
-                .values(max_gatherers=max_gatherers)
-            )
+        try:
+            async with self._db.write() as conn:
+                result = await conn.execute(
+                    update(agent_keys).where(agent_keys.c.name == name)
+                    .values(max_gatherers=max_gatherers)
+                )
+                await self._hot.notify(conn, "agent_key")
+        finally:
+            self._hot.forget("agent_key")
         if result.rowcount == 0:
             raise NotFound(f"no agent key named {name!r}")
 
@@ -137,11 +149,18 @@ class AgentKeys:
         """The key's record when ``key`` is a valid, unrevoked key; None otherwise."""
         if not key.startswith(PREFIX) or len(key) > 128:
             return None
-        rows = await self._db.lookup(_BY_HASH, key_hash=digest(key))  # every agent login
-        if not rows or rows[0]["revoked"]:
-            return None
-        row = rows[0]
-        return AgentKey(row["key_id"], row["name"], False, row["created"], row["max_gatherers"])
+        key_hash = digest(key)
+
+        async def load() -> AgentKey | None:
+            rows = await self._db.lookup(_BY_HASH, key_hash=key_hash)
+            if not rows:
+                return None
+            row = rows[0]
+            return AgentKey(row["key_id"], row["name"], bool(row["revoked"]), row["created"],
+                            row["max_gatherers"])
+
+        found = await self._hot.agent_keys.get(key_hash, load)  # every agent login
+        return None if found is None or found.revoked else found
 
     async def owned(self, key_id: int) -> set[int] | None:
         """The gatherers the key owns now; None once it is revoked (or gone)."""

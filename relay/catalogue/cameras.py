@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, bindparam, delete, func, select, update
+from sqlalchemy.engine import Connection
 
+from .cache import NOTIFY_STATEMENT, HotRows
 from .database import Database
 from .errors import NotFound
 from .paging import Page, fetch_page
@@ -32,6 +34,15 @@ FIELDS = (
 
 
 @dataclass(frozen=True)
+class HotCamera:
+    """What every camera command reads (``set_started``): cached per node (``cache.py``)."""
+
+    camera_id: int
+    gather_id: int
+    started: int
+
+
+@dataclass(frozen=True)
 class DeletedCameras:
     """What a deletion removed: the cameras (for their agents) and the stored files to unlink."""
 
@@ -52,7 +63,7 @@ def _listing() -> Select:
 
 
 _ONE = _listing().where(cameras.c.camera_id == bindparam("camera_id"))
-_STARTED = select(cameras.c.gather_id, cameras.c.started).where(
+_HOT = select(cameras.c.camera_id, cameras.c.gather_id, cameras.c.started).where(
     cameras.c.camera_id == bindparam("camera_id")
 )
 
@@ -68,14 +79,25 @@ _SET_STATUS = update(cameras).where(cameras.c.camera_id == bindparam("which")).v
 _SET_STARTED = (  # (an UPDATE's bindparams must not be named after columns)
     update(cameras)
     .where(cameras.c.camera_id == bindparam("which"))
+    .where(cameras.c.started != bindparam("to_start"))
     .values(started=bindparam("to_start"), updated=bindparam("now"))
+    .returning(cameras.c.gather_id)
 )
 
 
 class Cameras:
-    def __init__(self, db: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, db: Database, clock, hot: HotRows) -> None:  # type: ignore[no-untyped-def]
         self._db = db
         self._clock = clock
+        self._hot = hot
+
+    async def hot(self, camera_id: int) -> HotCamera | None:
+        """The camera's gatherer and started flag, from this node's cache (None: no camera)."""
+        async def load() -> HotCamera | None:
+            rows = await self._db.lookup(_HOT, camera_id=camera_id)
+            return HotCamera(**rows[0]) if rows else None
+
+        return await self._hot.cameras.get(camera_id, load)
 
     async def page(self, cur: int, per: int) -> Page:
         # Each camera has one gatherer and at most one latest snapshot: count cameras alone.
@@ -139,24 +161,34 @@ class Cameras:
                 .values(updated=int(self._clock()), **changes)
             )
             row = (await conn.execute(_listing().where(cameras.c.camera_id == camera_id))).one()
+            await self._hot.notify(conn, "camera", [camera_id])
+        self._hot.forget("camera", [camera_id])
         return dict(row._mapping)
 
     async def set_started(self, camera_id: int, started: int) -> int:
         """Record whether the camera should run; returns its ``gather_id`` (for the command).
 
-        Starting a started camera (or stopping a stopped one) writes nothing: the desired state
-        already says so, and the command still goes to the agent.
+        One conditional UPDATE (a trip to the writer on SQLite): it changes the row only when the
+        flag differs, so starting a started camera (or stopping a stopped one) changes nothing and
+        the command still goes to the agent. Then the gatherer comes from the cache.
         """
-        rows = await self._db.lookup(_STARTED, camera_id=camera_id)
-        if not rows:
+        values = {"which": camera_id, "to_start": started, "now": int(self._clock())}
+        notice = self._hot.notice("camera", [camera_id])
+
+        def write(conn: Connection) -> int | None:
+            gather_id = conn.execute(_SET_STARTED, values).scalar()
+            if gather_id is not None and notice is not None:
+                conn.execute(NOTIFY_STATEMENT, notice)
+            return gather_id
+
+        gather_id = await self._db.run(write)
+        if gather_id is not None:  # changed: this node's next read is of the new row
+            self._hot.forget("camera", [camera_id])
+            return gather_id
+        camera = await self.hot(camera_id)  # unchanged, or no such camera
+        if camera is None:
             raise NotFound(f"no camera {camera_id}", [camera_id])
-        if rows[0]["started"] != started:
-            changed = await self._db.write_one(
-                _SET_STARTED, which=camera_id, to_start=started, now=int(self._clock())
-            )
-            if not changed:  # deleted since the lookup
-                raise NotFound(f"no camera {camera_id}", [camera_id])
-        return rows[0]["gather_id"]
+        return camera.gather_id
 
     async def owner_key(self, camera_id: int) -> int | None:
         """The agent key that owns the camera's gatherer (None: no such camera, or not bound)."""
@@ -211,9 +243,8 @@ class Cameras:
 
         Raises ``NotFound`` (deleting nothing) when any id names no camera. Returns the stored
         files the rows pointed at; the caller unlinks them once this transaction has committed.
-        (Off the event loop: a camera may take thousands of records with it.)
         """
-        async with self._db.write(offload=True) as conn:
+        async with self._db.write() as conn:
             found = [
                 dict(row._mapping)
                 for row in await conn.execute(
@@ -240,4 +271,6 @@ class Cameras:
             for table in (courses, records, snapshots):
                 await conn.execute(delete(table).where(table.c.camera_id.in_(camera_ids)))
             await conn.execute(delete(cameras).where(cameras.c.camera_id.in_(camera_ids)))
+            await self._hot.notify(conn, "camera", camera_ids)
+        self._hot.forget("camera", camera_ids)
         return DeletedCameras(found, files)
