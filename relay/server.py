@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import admin, api, ops, player
+from . import admin, api, cluster, ops, player
 from .catalogue import Catalogue
+from .cluster import ClusterHub, cluster_secret
 from .config import ConfigError, Settings
 from .connections import GuardedRunner
 from .hub import Hub, LocalHub
@@ -31,6 +32,7 @@ from .present import Presenter
 from .services import SERVICES, Services
 from .signing import Signer
 from .storage import Storage
+from .throttle import FailedSignIns
 from .vod import setup_vod
 
 log = logging.getLogger(__name__)
@@ -72,15 +74,17 @@ async def open_services(settings: Settings, clock: Callable[[], float] = time.ti
     catalogue = await Catalogue.open(settings.db_url, clock)
     metrics = Metrics()
     signing_key = await catalogue.signing_key()
+    hub = _hub(settings, catalogue, metrics, signing_key)
     return Services(
         settings=settings,
         catalogue=catalogue,
-        hub=_hub(settings, catalogue, metrics, signing_key),
+        hub=hub,
         storage=Storage(settings.files_dir),
         signer=Signer(signing_key),
         presenter=Presenter(settings.timezone),
         metrics=metrics,
         clock=clock,
+        sign_ins=hub.sign_ins() if isinstance(hub, ClusterHub) else FailedSignIns(),
     )
 
 
@@ -88,8 +92,6 @@ def _hub(settings: Settings, catalogue: Catalogue, metrics: Metrics, signing_key
     """One node alone, or a node of the cluster that ``redis_url`` names."""
     if not settings.redis_url:
         return LocalHub(settings.command_timeout, catalogue, metrics)
-    from .cluster import ClusterHub, cluster_secret
-
     return ClusterHub(settings.command_timeout, catalogue, metrics, redis_url=settings.redis_url,
                       prefix=settings.redis_prefix, own_url=settings.own_url,
                       secret=cluster_secret(signing_key), lease=settings.node_lease)
@@ -104,9 +106,7 @@ def build_app(services: Services) -> web.Application:
     services.storage.add_routes(app)
     ops.add_routes(app)
     link_endpoint.add_routes(app)
-    if services.settings.redis_url:
-        from . import cluster
-
+    if isinstance(services.hub, ClusterHub):
         cluster.add_routes(app)
     setup_live(app)
     setup_vod(app)

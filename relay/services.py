@@ -1,4 +1,5 @@
-"""What request handlers share: the settings, the catalogue, the hub, storage and the clock."""
+"""What request handlers share: the settings, the catalogue, the hub, storage, the clock and the
+count of failed sign-ins."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .metrics import Metrics
 from .present import Presenter
 from .signing import Signer
 from .storage import Storage
+from .throttle import SignInThrottle
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Services:
     presenter: Presenter
     metrics: Metrics
     clock: Callable[[], float]
+    sign_ins: SignInThrottle
 
 
 SERVICES = web.AppKey("services", Services)

@@ -8,8 +8,10 @@ fixture's server over a real socket, so cookies travel exactly as a browser woul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -20,9 +22,9 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-import relay.admin.sign_ins
+import relay.throttle
 from relay.admin.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE
-from relay.admin.sign_ins import FAILURE_WINDOW
+from relay.throttle import FAILURE_WINDOW
 
 ADMIN_PASSWORD = "correct horse"  # the password the api fixture gives ``admin``
 CSRF_FIELD = re.compile(r"<input type=hidden name=csrf value='([^']*)'>")
@@ -451,9 +453,9 @@ async def test_eleventh_sign_in_after_ten_failures_is_refused_even_with_the_righ
     assert (await visitor().sign_in("admin", ADMIN_PASSWORD)).status == 429
 
     # Once the window has passed, the right password works again.
-    real = relay.admin.sign_ins.time.monotonic
+    real = relay.throttle.time.monotonic
     monkeypatch.setattr(
-        relay.admin.sign_ins, "time", SimpleNamespace(monotonic=lambda: real() + FAILURE_WINDOW + 1)
+        relay.throttle, "time", SimpleNamespace(monotonic=lambda: real() + FAILURE_WINDOW + 1)
     )
     assert (await browser.sign_in("admin", ADMIN_PASSWORD)).status == 303
     assert (await browser.get("/admin/accounts")).credentials == [api.credential]
@@ -502,16 +504,70 @@ async def test_another_accounts_success_does_not_clear_the_failures_against_one(
     assert (await visitor().sign_in("admin", ADMIN_PASSWORD)).status == 429
 
 
-def test_failures_count_per_account_across_addresses_and_a_success_clears_only_its_own():
-    failures = relay.admin.sign_ins.FailedSignIns(limit=3, window=60)
+@pytest.mark.parametrize("shared", [False, True], ids=["one node", "cluster (Redis)"])
+async def test_failures_count_per_account_across_addresses_and_a_success_clears_only_its_own(
+        shared: bool) -> None:
+    async with throttle(shared) as failures:
+        await _count_per_account(failures)
+
+
+@contextlib.asynccontextmanager
+async def throttle(shared: bool) -> AsyncIterator[relay.throttle.SignInThrottle]:
+    """The one-node count, or the cluster's in this machine's Redis under a prefix of its own."""
+    if not shared:
+        yield relay.throttle.FailedSignIns(limit=3, window=60)
+        return
+    import redis.asyncio as redis
+
+    from relay.cluster.throttle import SharedFailedSignIns
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    prefix = f"relay-test-{secrets.token_hex(6)}"
+    try:
+        yield SharedFailedSignIns(client, prefix, limit=3, window=60)
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        assert keys and not any("boss" in key or "10.0.0" in key for key in keys)
+        await client.delete(*keys)
+        await client.aclose()
+
+
+async def _count_per_account(failures: relay.throttle.SignInThrottle) -> None:
     for address in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):  # one guess each, from three addresses
-        assert failures.attempt(address, "boss")
-    assert failures.blocked("10.0.0.4", "boss")  # the account has had its three
-    assert not failures.blocked("10.0.0.4", "bob")  # others may sign in from there
-    assert failures.attempt("10.0.0.1", "bob")
-    failures.succeeded("10.0.0.1", "bob")  # bob's right password clears bob's failure only
-    assert failures.blocked("10.0.0.1", "boss")
-    failures.succeeded("10.0.0.1", "boss")  # the owner signs in from .1: .2 and .3 still count
-    assert not failures.blocked("10.0.0.1", "boss")
-    assert failures.attempt("10.0.0.2", "boss")  # the third failure again
-    assert failures.blocked("10.0.0.9", "boss")
+        assert await failures.attempt(address, "boss")
+    assert await failures.blocked("10.0.0.4", "boss")  # the account has had its three
+    assert not await failures.blocked("10.0.0.4", "bob")  # others may sign in from there
+    assert await failures.attempt("10.0.0.1", "bob")
+    await failures.succeeded("10.0.0.1", "bob")  # bob's right password clears bob's failure only
+    assert await failures.blocked("10.0.0.1", "boss")
+    await failures.succeeded("10.0.0.1", "boss")  # the owner signs in from .1: .2 and .3 still count
+    assert not await failures.blocked("10.0.0.1", "boss")
+    assert await failures.attempt("10.0.0.2", "boss")  # the third failure again
+    assert await failures.blocked("10.0.0.9", "boss")
+
+
+async def test_the_cluster_count_is_one_for_every_node() -> None:
+    """Guesses spread over two nodes count together; a node without Redis still counts."""
+    import redis.asyncio as redis
+
+    from relay.cluster.throttle import SharedFailedSignIns
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    prefix = f"relay-test-{secrets.token_hex(6)}"
+    nodes = [SharedFailedSignIns(client, prefix, limit=4, window=60) for _ in range(2)]
+    try:
+        results = await asyncio.gather(*(nodes[n % 2].attempt(f"10.1.0.{n}", "boss")
+                                         for n in range(10)))
+        assert results.count(True) == 4  # parallel attempts on both nodes: four in all
+        assert await nodes[0].blocked("10.9.9.9", "boss") and await nodes[1].blocked("10.9.9.9",
+                                                                                     "boss")
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        await client.delete(*keys)
+        await client.aclose()
+    gone = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    try:
+        alone = SharedFailedSignIns(gone, prefix, limit=2, window=60)
+        assert [await alone.attempt("10.2.0.1", "boss") for _ in range(3)] == [True, True, False]
+    finally:
+        await gone.aclose()

@@ -43,8 +43,10 @@ from redis.exceptions import RedisError
 from ..catalogue import Catalogue
 from ..hub import FAILED, OFFLINE, TIMEOUT, AgentLink, LocalHub, transmit
 from ..metrics import Metrics
+from ..throttle import FAILURE_WINDOW, MAX_FAILURES
 from .ownership import Ownership
 from .redis_link import RedisLink
+from .throttle import SharedFailedSignIns
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,10 @@ class ClusterHub(LocalHub):
         if self._http is not None:
             await self._http.close()
         await self._redis.stop()
+
+    def sign_ins(self) -> SharedFailedSignIns:
+        """The cluster's one count of failed sign-ins."""
+        return SharedFailedSignIns(self._redis.client, self._prefix, MAX_FAILURES, FAILURE_WINDOW)
 
     def unready(self) -> str | None:
         return None if self._redis.ready else "Redis unreachable"
