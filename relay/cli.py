@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                                          f"default: {shown_default(field.name)})")
 
     agent = commands.add_parser("agent", help="run the reference gatherer agent")
-    agent.add_argument("--server", required=True, help="the relay's URL, e.g. http://relay:8080")
+    agent.add_argument("--server", required=True,
+                       help="the relay's URL, e.g. http://relay:8080; several nodes: comma-separated "
+                            "(tried in turn from a random one)")
     agent.add_argument("--key", help="agent key (or RELAY_AGENT_KEY, which keeps it out of ps)")
     agent.add_argument("--config", help="agent TOML file: its name, MAC and IP cameras")
     agent.add_argument("--data", help="where the agent keeps its state (RELAY_DATA; default "

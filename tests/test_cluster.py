@@ -181,3 +181,33 @@ def test_redis_stopped_and_started_again(cluster: Cluster, video: Path) -> None:
         camera_id] == 0
     time.sleep(LEASE)  # sweeps have run on the new Redis: the linked gatherer stays online
     assert online_on_every_node(cluster, 1)
+
+
+def agents_on(cluster: Cluster, index: int) -> int:
+    with urllib.request.urlopen(cluster.node(index).base_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return int(float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("relay_agents_connected "))))
+
+
+def test_an_agent_given_every_node_fails_over_within_5_s(cluster: Cluster) -> None:
+    key = cluster.agent_key()
+    servers = ",".join(cluster.node(index).base_url for index in range(3))
+    agent = cluster.start_agent(servers, key)
+    eventually(lambda: online_on_every_node(cluster, 1), timeout=20)
+    [holder] = [index for index in range(3) if agents_on(cluster, index)]
+    gather_id = cluster.api(0).gatherers()[0]["gather_id"]
+    killed = time.monotonic()
+    cluster.kill_node(holder)
+    living = [index for index in range(3) if index != holder]
+    eventually(lambda: sum(agents_on(cluster, index) for index in living) == 1, timeout=10,
+               interval=0.05)
+    relinked = time.monotonic() - killed
+    print(f"relinked on another node {relinked:.2f} s after the kill")
+    assert relinked <= 5.0, relinked
+    for index in living:
+        ok(cluster.api(index).call("mod_gather", gather_id=gather_id,
+                                   name_set=f"via {index}")["transmit"])
+    assert agent.state()["state"]["gather"]["name_set"] == f"via {living[-1]}"
+    assert online_on_every_node(cluster, 1)
+    assert "trying relay node" in agent.log()

@@ -4,6 +4,11 @@ It reconnects with jittered exponential backoff (capped at 30 s) for as long as 
 after its key is refused (an operator may fix the key on the relay side). Between connections it
 keeps running the cameras of the state it last received, which it keeps on disk.
 
+``--server`` may name several relay nodes (comma-separated), or one load-balanced URL. The agent
+starts at a random one of them (agents spread over the nodes without a balancer) and, when a
+connection fails, tries the next one: a node that dies costs its agents one refused connection and
+a backoff of about a second before they are linked to another.
+
 Live pushes (``live.start``/``live.stop``/``live.keyframe``) run beside the link, one media WebSocket
 per pushed camera (see :mod:`.push`); a push ends when its camera is stopped, deleted or changed,
 when its source fails, when the relay closes its socket, or when the agent stops.
@@ -73,6 +78,14 @@ def retry_after(headers: Any) -> float:
         return 5.0
 
 
+def agent_urls(servers: str) -> list[str]:
+    """``--server``'s comma-separated URLs, each as :func:`agent_url` makes it."""
+    urls = [agent_url(server.strip()) for server in servers.split(",") if server.strip()]
+    if not urls:
+        raise ValueError("--server names no URL")
+    return list(dict.fromkeys(urls))
+
+
 def agent_url(server: str) -> str:
     """``http(s)://host[:port]`` (or ``ws(s)://…``) → the relay's ``ws(s)://…/agent``."""
     parts = urlsplit(server)
@@ -97,7 +110,9 @@ def _local_ip(url: str) -> str:
 
 class Agent:
     def __init__(self, server: str, key: str, data: Path, config: AgentConfig) -> None:
-        self.url = agent_url(server)
+        self.urls = agent_urls(server)
+        self._next_url = random.randrange(len(self.urls))
+        self.url = self.urls[self._next_url]
         self._key = key
         self.config = config
         self.state = DesiredState(data / "state.json")
@@ -132,6 +147,7 @@ class Agent:
                 task.add_done_callback(_report_crash)
             while not stop.is_set():
                 session = asyncio.create_task(self._session(http))
+                linked_to = self.url
                 stopping = asyncio.create_task(stop.wait())
                 await asyncio.wait({session, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
@@ -151,6 +167,12 @@ class Agent:
                 else:
                     failures = 0 if welcomed else failures + 1
                     delay = backoff(failures)
+                if failures and len(self.urls) > 1 and self.url == linked_to:
+                    self._next_url = (self._next_url + 1) % len(self.urls)
+                    self.url = self.urls[self._next_url]
+                    if self.uploader is not None:
+                        self.uploader.use(self.url)
+                    log.info("trying relay node %s next", self.url)
                 log.info("reconnecting in %.1f s", delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)

@@ -131,6 +131,12 @@ class Uploader:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    def use(self, server_url: str) -> None:
+        """Upload to another relay node from now on (the agent's link moved there). An upload begun
+        on another node resumes here: its state is in the shared catalogue, its bytes in the shared
+        storage folder."""
+        self.url = uploads_url(server_url)
+
     def relay_is_back(self) -> None:
         """The agent's link is up again: what waits out a backoff is tried now (what waits for the
         next start, with auto_fds 0, still waits)."""
