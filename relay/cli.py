@@ -89,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (key_add, key_revoke, key_limit, key_rebind, key_list):
         _common(sub)
 
+    status = commands.add_parser(
+        "status", help="the nodes of a cluster (or the one node), their agents and viewers")
+    status.add_argument("--redis-url", dest="redis_url", help=HELP["redis_url"])
+    status.add_argument("--redis-prefix", dest="redis_prefix", help=HELP["redis_prefix"])
+    status.add_argument("--listen", dest="listen", help="a single node's HOST:PORT")
+    _common(status)
+
     db = commands.add_parser("db", help="the catalogue's database")
     db_actions = db.add_subparsers(dest="action", required=True)
     db_copy = db_actions.add_parser(
@@ -256,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             _run(lambda: _agent_keys(args, settings))
         elif args.command == "db":
             _run(lambda: _db(args, settings))
+        elif args.command == "status":
+            from .status import cluster_lines, single_node_lines
+
+            lines = (asyncio.run(cluster_lines(settings)) if settings.redis_url
+                     else single_node_lines(settings))
+            print("\n".join(lines))
     except (ConfigError, CatalogueUnavailable, CommandError, NotFound, AlreadyExists,
             AgentConfigError, ValueError) as exc:
         print(f"relay: {exc}", file=sys.stderr)

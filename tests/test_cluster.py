@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from cluster_system import Cluster, drop_cluster_database, start_cluster
-from conftest import eventually
+from conftest import eventually, run_relay
 from live_system import no_tracebacks
 
 from relay.agent.demo_video import make_demo_video
@@ -190,6 +190,14 @@ def agents_on(cluster: Cluster, index: int) -> int:
                           if line.startswith("relay_agents_connected "))))
 
 
+def status_of(cluster: Cluster) -> dict[str, list[str]]:
+    """``relay status``, by node URL: state, url, up, agents, viewers, pushes, gatherers."""
+    out = run_relay("status", "--data", str(cluster.tmp / "node0"), env=cluster.env).stdout
+    header, *rows = out.strip().splitlines()
+    assert header.split("\t")[:3] == ["node", "state", "url"], out
+    return {row.split("\t")[2]: row.split("\t")[1:] for row in rows}
+
+
 def test_an_agent_given_every_node_fails_over_within_5_s(cluster: Cluster) -> None:
     key = cluster.agent_key()
     servers = ",".join(cluster.node(index).base_url for index in range(3))
@@ -197,6 +205,11 @@ def test_an_agent_given_every_node_fails_over_within_5_s(cluster: Cluster) -> No
     eventually(lambda: online_on_every_node(cluster, 1), timeout=20)
     [holder] = [index for index in range(3) if agents_on(cluster, index)]
     gather_id = cluster.api(0).gatherers()[0]["gather_id"]
+    eventually(lambda: status_of(cluster)[cluster.node(holder).base_url][3] == "1", timeout=5)
+    listed = status_of(cluster)
+    assert sorted(listed) == sorted(cluster.node(index).base_url for index in range(3))
+    assert all(row[0] == "alive" for row in listed.values())
+    assert listed[cluster.node(holder).base_url][6] == str(gather_id)
     killed = time.monotonic()
     cluster.kill_node(holder)
     living = [index for index in range(3) if index != holder]

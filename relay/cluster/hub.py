@@ -180,6 +180,21 @@ class ClusterHub(LocalHub):
         except (RedisError, OSError):
             return False
 
+    async def holder_url(self, gather_id: int) -> str | None:
+        if gather_id in self._links:
+            return None
+        try:
+            owner = await self.ownership.owner(gather_id)
+            if owner is None or owner.node == self.node:
+                return None
+            about = await self.ownership.alive(owner.node)
+        except (RedisError, OSError):
+            return None
+        return str(about["url"]) if about is not None else None
+
+    def node_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}"}
+
     # -- commands ------------------------------------------------------------------------------
 
     async def send(self, gather_id: int, action: str, data: dict[str, Any]) -> dict[str, Any]:

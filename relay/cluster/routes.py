@@ -7,15 +7,21 @@ is answered 401 and logged with the caller's address only.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
+from ..ids import parse_id
 from ..link import protocol
+from ..live.controller import LiveRefused
+from ..live.ingest import LIVE
+from ..live.pull import LIVE_PATH
 from ..services import SERVICES
 from .hub import COMMAND_PATH, ClusterHub
 
@@ -33,14 +39,22 @@ def _refuse(status: int, reason: str) -> web.Response:
     return web.json_response({"err_code": status, "err_msg": reason}, status=status)
 
 
-async def command(request: web.Request) -> web.Response:
+def _from_a_node(request: web.Request) -> bool:
     hub = request.app[SERVICES].hub
     assert isinstance(hub, ClusterHub)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                             hub.secret.encode()):
-        log.warning("refused a node-to-node request from %s: %s", request.remote,
-                    "wrong cluster secret" if given else "no cluster secret")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "replace"),
+                                                          hub.secret.encode()):
+        return True
+    log.warning("refused a node-to-node request from %s: %s", request.remote,
+                "wrong cluster secret" if given else "no cluster secret")
+    return False
+
+
+async def command(request: web.Request) -> web.Response:
+    hub = request.app[SERVICES].hub
+    assert isinstance(hub, ClusterHub)
+    if not _from_a_node(request):
         return _refuse(401, "node-to-node requests need the cluster secret")
     if request.content_length is not None and request.content_length > MAX_BODY:
         return _refuse(413, "request too large")
@@ -57,5 +71,61 @@ async def command(request: web.Request) -> web.Response:
     return web.json_response(await hub.forwarded(gather_id, action, data, timeout))
 
 
+async def live_link(request: web.Request) -> web.StreamResponse:
+    """Another node's one media link for a camera whose gatherer is linked here: a viewer of it
+    here (so the push and its close-after rule count it), fed the camera's packets as they come,
+    its current GOP first. ``keyframe`` text messages ask the agent for one (rate-limited)."""
+    if not _from_a_node(request):
+        return _refuse(401, "node-to-node requests need the cluster secret")
+    camera_id = parse_id(request.match_info["camera_id"])
+    if camera_id is None:
+        return _refuse(404, "no such camera")
+    controller = request.app[LIVE]
+    try:
+        viewer = await controller.open_viewer(camera_id, here_only=True)
+    except LiveRefused as refusal:
+        return _refuse(refusal.status, str(refusal))
+    ws = web.WebSocketResponse(heartbeat=10, max_msg_size=4096)
+    viewer.transport = "node"
+    viewer.closers.append(ws.close)
+    feed = controller.feed(camera_id)
+    subscription = feed.subscribe()
+    try:
+        await ws.prepare(request)
+    except (ConnectionError, RuntimeError):
+        feed.unsubscribe(subscription)
+        await controller.close_viewer(viewer.viewer_id, "node link gone")
+        return ws
+
+    async def send() -> None:
+        while (packet := await subscription.get()) is not None:
+            header = protocol.MEDIA_HEADER.pack(protocol.KEYFRAME if packet.is_keyframe else 0,
+                                                packet.pts)
+            await ws.send_bytes(header + bytes(packet))
+
+    async def keep_alive() -> None:  # the socket is this viewer's heartbeat
+        while True:
+            await asyncio.sleep(controller.timings.viewer_timeout / 3)
+            controller.heartbeat(viewer.viewer_id)
+
+    tasks = [asyncio.create_task(send()), asyncio.create_task(keep_alive())]
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.TEXT and message.data == "keyframe":
+                feed.request_keyframe()
+            elif message.type != WSMsgType.TEXT:
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+                await task
+        feed.unsubscribe(subscription)
+        await controller.close_viewer(viewer.viewer_id, "node link closed")
+    return ws
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post(COMMAND_PATH, command)
+    app.router.add_get(LIVE_PATH, live_link)

@@ -108,6 +108,14 @@ class Hub(ABC):
     async def online(self, gather_id: int) -> bool:
         """Whether any node holds a link to the gatherer."""
 
+    async def holder_url(self, gather_id: int) -> str | None:
+        """The URL of the other node holding the gatherer's link (a cluster), else None."""
+        return None
+
+    def node_headers(self) -> dict[str, str]:
+        """What a request to another node carries to prove it comes from the cluster."""
+        return {}
+
     def recording(self, gather_id: int, camera_id: int) -> dict[str, Any] | None:
         """What the gatherer's agent last said of the camera's recording (None: not linked here,
         or it has said nothing yet)."""

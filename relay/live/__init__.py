@@ -29,7 +29,9 @@ def setup_live(app: web.Application) -> LiveController:
             heartbeat=settings.live_heartbeat,
             ice_deadline=settings.ice_deadline,
         ),
-        protocol.media_url_of(settings.node_url) if settings.node_url else "",
+        # In a cluster the agent must push to the node holding its link (a balanced URL beside
+        # the link would land on any node), so live.start always names this node there.
+        protocol.media_url_of(settings.own_url) if settings.node_url or settings.redis_url else "",
     )
     limit_ice_addresses([a.strip() for a in settings.ice_addresses.split(",") if a.strip()])
     limit_ice_ports(settings.ice_port_range)

@@ -36,6 +36,7 @@ from ..metrics import Metrics
 from . import census, heap
 from .feed import LiveFeed
 from .mse import MseFeed
+from .pull import NodePull
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class CameraLive:
     last_keyframe_request: float = 0.0
     first_packet_seen: bool = False
     mse: MseFeed | None = None
+    #: Its media from the node that holds the gatherer (a cluster), instead of a push here.
+    pull: NodePull | None = None
 
 
 class LiveController:
@@ -118,6 +121,7 @@ class LiveController:
         for camera in list(self._cameras.values()):
             if camera.retry_timer is not None:
                 camera.retry_timer.cancel()
+            await self._stop_pull(camera)
             await self._stop_push(camera, "relay shutting down", wait=True)
         for task in list(self._tasks):
             task.cancel()
@@ -141,12 +145,16 @@ class LiveController:
 
     # Viewers
 
-    async def open_viewer(self, camera_id: int) -> Viewer:
+    async def open_viewer(self, camera_id: int, here_only: bool = False) -> Viewer:
+        """A new viewer of the camera. Its media comes from a push to this node when the gatherer
+        is linked here, else (a cluster) from the node that holds it, unless ``here_only`` (the
+        viewer is another node's media link, which must never be passed on again)."""
         try:
             row = await self._catalogue.cameras.get(camera_id)
         except NotFound as exc:
             raise LiveRefused("no such camera", 404) from exc
-        if not self._hub.linked_here(row["gather_id"]):
+        if not self._hub.linked_here(row["gather_id"]) and (
+                here_only or await self._hub.holder_url(row["gather_id"]) is None):
             raise LiveRefused("采集端离线 · the gatherer is offline")
         if row["status"] != 1:
             raise LiveRefused("通道离线 · the camera is offline")
@@ -202,7 +210,10 @@ class LiveController:
             camera.viewers.pop(viewer_id, None)
             log.info("camera %d: viewer #%d left (%s; %d watching)", viewer.camera_id,
                      viewer.number, reason, len(camera.viewers))
-            if not camera.viewers and camera.push_id and camera.stop_timer is None:
+            if not camera.viewers and camera.pull is not None:
+                # The holder's close-after applies (this node's link was one of its viewers).
+                self.spawn(self._stop_pull(camera))
+            elif not camera.viewers and camera.push_id and camera.stop_timer is None:
                 camera.stop_timer = asyncio.get_running_loop().call_later(
                     self.timings.close_after, self._close_after_elapsed, camera)
         # Dropping the closers also ends the cycle viewer -> closer -> transport -> viewer, so the
@@ -243,7 +254,7 @@ class LiveController:
         if camera is None:
             return {"pushing": False, "viewers": 0, "error": ""}
         return {"pushing": camera.feed.first_packet.is_set(), "viewers": len(camera.viewers),
-                "error": camera.error}
+                "error": camera.error or (camera.pull.error if camera.pull else "")}
 
     # Pushes
 
@@ -251,7 +262,14 @@ class LiveController:
         if camera.retry_timer is not None:  # this is that retry, or something came first
             camera.retry_timer.cancel()
             camera.retry_timer = None
-        if camera.push_id is None and camera.viewers:
+        if not camera.viewers:
+            return
+        if not self._hub.linked_here(camera.gather_id):
+            self._ensure_pull(camera)
+            return
+        if camera.pull is not None:  # the gatherer has moved here: a push replaces the pull
+            self.spawn(self._stop_pull(camera))
+        if camera.push_id is None:
             camera.push_id = secrets.token_urlsafe(12)
             camera.push_number += 1
             camera.requested_at = time.monotonic()
@@ -272,6 +290,34 @@ class LiveController:
             log.warning("camera %d: push #%d refused: %s", camera.camera_id, number, camera.error)
             camera.push_id = None
             self._update_gauges()
+
+    def _ensure_pull(self, camera: CameraLive) -> None:
+        if camera.pull is not None:
+            return
+        if camera.push_id is not None:  # the gatherer moved away: its push here is over
+            self.spawn(self._stop_push(camera, "the gatherer is linked to another node now"))
+        gather_id = camera.gather_id
+        camera.requested_at = time.monotonic()
+        camera.first_packet_seen = False
+        camera.pull = NodePull(camera.camera_id, camera.feed,
+                               lambda: self._hub.holder_url(gather_id), self._hub.node_headers(),
+                               lambda: self._pulled_first_frame(camera))
+        camera.pull.start()
+        log.info("camera %d: pulling its media from the node that holds gatherer %d",
+                 camera.camera_id, gather_id)
+
+    def _pulled_first_frame(self, camera: CameraLive) -> None:
+        if not camera.first_packet_seen:
+            camera.first_packet_seen = True
+            log.info("camera %d: first frame from the holding node after %.3f s",
+                     camera.camera_id, time.monotonic() - camera.requested_at)
+
+    async def _stop_pull(self, camera: CameraLive) -> None:
+        pull, camera.pull = camera.pull, None
+        if pull is not None:
+            camera.feed.reset()
+            await pull.close()
+            log.info("camera %d: media link to the holding node closed", camera.camera_id)
 
     async def _stop_push(self, camera: CameraLive, reason: str, wait: bool = False) -> None:
         push_id = camera.push_id
@@ -295,9 +341,12 @@ class LiveController:
         """One shared, rate-limited keyframe request per camera (viewers joining, PLI/FIR)."""
         camera = self._cameras.get(camera_id)
         now = time.monotonic()
-        if camera is None:
+        if camera is None or now - camera.last_keyframe_request < self.timings.keyframe_interval:
             return
-        if camera.push_id and now - camera.last_keyframe_request >= self.timings.keyframe_interval:
+        if camera.pull is not None:
+            camera.last_keyframe_request = now
+            camera.pull.request_keyframe()
+        elif camera.push_id:
             camera.last_keyframe_request = now
             self.spawn(self._hub.send(camera.gather_id, protocol.LIVE_KEYFRAME,
                                        {"camera_id": camera.camera_id}))
@@ -348,11 +397,16 @@ class LiveController:
 
     def reconcile(self) -> None:
         for camera in list(self._cameras.values()):
+            here = self._hub.linked_here(camera.gather_id)
             if camera.viewers:
-                if camera.push_id is None and self._hub.linked_here(camera.gather_id):
+                if camera.push_id is None and here:
                     log.info("camera %d: %d viewer(s) but no push: restarting it",
                              camera.camera_id, len(camera.viewers))
                     self._ensure_push(camera)
+                elif camera.pull is None and not here:
+                    self._ensure_pull(camera)
+            elif camera.pull is not None:
+                self.spawn(self._stop_pull(camera))
             elif camera.push_id is not None and camera.stop_timer is None:
                 self.spawn(self._stop_push(camera, "reconcile: nobody watches"))
             elif camera.push_id is None and camera.stop_timer is None and camera.mse is None \
