@@ -255,3 +255,26 @@ async def test_an_agent_key_revoked_by_the_cli_is_refused_within_the_expiry(
 
     await _within(cache_module.EXPIRY_SECONDS + 0.5, refused)
     assert time.monotonic() - started <= cache_module.EXPIRY_SECONDS + 0.5
+
+
+@pytest.mark.parametrize("catalogue_url", ["postgresql"], indirect=True)
+async def test_pooled_connections_closed_by_postgresql_are_replaced_before_use(
+    catalogue: Catalogue,
+) -> None:
+    """No ``SELECT 1`` per checkout (database.py): a connection PostgreSQL closed (a restart)
+    is found closed by asyncpg and replaced, so the next calls still answer."""
+    account = await catalogue.accounts.add("ann", "a long password", is_admin=True)
+    camera = await _camera(catalogue)
+    name = catalogue.db.engine.url.database
+    admin = await asyncpg.connect(POSTGRES)
+    try:
+        ended = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+    finally:
+        await admin.close()
+    assert ended >= 2  # the pool's and the listener's
+    await asyncio.sleep(0.2)  # (asyncpg sees the sockets close)
+    assert await catalogue.cameras.set_started(camera["camera_id"], 0) == camera["gather_id"]
+    assert (await catalogue.accounts.by_name("ann")).account_id == account.account_id
+    assert (await catalogue.cameras.get(camera["camera_id"]))["started"] == 0

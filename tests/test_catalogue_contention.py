@@ -227,6 +227,8 @@ async def test_a_held_write_lock_makes_one_trip_writes_wait_off_the_loop(
 
 
 async def test_the_wal_is_checkpointed_by_the_writer(catalogue: Catalogue) -> None:
+    """Its connection never checkpoints (that would stall the loop); every 500 commits a
+    passive checkpoint runs in the writer's thread."""
     await _cameras(catalogue, 1)
     main_file = Path(catalogue.db.engine.url.database)
     with contextlib.closing(sqlite3.connect(main_file)) as other:  # start from an empty WAL
@@ -238,8 +240,11 @@ async def test_the_wal_is_checkpointed_by_the_writer(catalogue: Catalogue) -> No
 
     # Well past SQLite's 1,000 WAL pages between checkpoints.
     await asyncio.gather(*(catalogue.db.run(click(n)) for n in range(1, 3001)))
+    for _ in range(500):  # (the checkpoint runs in the writer's thread, in the background)
+        if hashlib.sha256(main_file.read_bytes()).hexdigest() != before:
+            break
+        await asyncio.sleep(0.01)
     assert hashlib.sha256(main_file.read_bytes()).hexdigest() != before
-    assert main_file.with_name(main_file.name + "-wal").stat().st_size < 8 * 1024 * 1024
 
 
 async def test_another_process_holding_the_lock_makes_transactions_wait_off_the_loop(

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, bindparam, delete, func, select, update
-from sqlalchemy.engine import Connection
 
-from .cache import NOTIFY_STATEMENT, HotRows
+from .cache import HotRows
 from .database import Database
 from .errors import NotFound
 from .paging import Page, fetch_page
@@ -83,6 +82,10 @@ _SET_STARTED = (  # (an UPDATE's bindparams must not be named after columns)
     .values(started=bindparam("to_start"), updated=bindparam("now"))
     .returning(cameras.c.gather_id)
 )
+# On PostgreSQL the same UPDATE tells the other nodes, in its own transaction, only when it changed
+# the row (RETURNING is evaluated for the rows changed alone): still one statement, one round trip.
+_SET_STARTED_NOTIFYING = _SET_STARTED.returning(
+    func.pg_notify(bindparam("channel"), bindparam("payload")))
 
 
 class Cameras:
@@ -168,20 +171,17 @@ class Cameras:
     async def set_started(self, camera_id: int, started: int) -> int:
         """Record whether the camera should run; returns its ``gather_id`` (for the command).
 
-        One conditional UPDATE (a trip to the writer on SQLite): it changes the row only when the
-        flag differs, so starting a started camera (or stopping a stopped one) changes nothing and
-        the command still goes to the agent. Then the gatherer comes from the cache.
+        One conditional UPDATE, a transaction by itself (``Database.run_one``: committed with the
+        other such writes of this loop turn on SQLite, one autocommit round trip on PostgreSQL):
+        it changes the row only when the flag differs, so starting a started camera (or stopping a
+        stopped one) changes nothing and the command still goes to the agent; the gatherer then
+        comes from the cache.
         """
         values = {"which": camera_id, "to_start": started, "now": int(self._clock())}
         notice = self._hot.notice("camera", [camera_id])
-
-        def write(conn: Connection) -> int | None:
-            gather_id = conn.execute(_SET_STARTED, values).scalar()
-            if gather_id is not None and notice is not None:
-                conn.execute(NOTIFY_STATEMENT, notice)
-            return gather_id
-
-        gather_id = await self._db.run(write)
+        rows = await (self._db.run_one(_SET_STARTED, values) if notice is None else
+                      self._db.run_one(_SET_STARTED_NOTIFYING, {**values, **notice}))
+        gather_id = rows[0][0] if rows else None
         if gather_id is not None:  # changed: this node's next read is of the new row
             self._hot.forget("camera", [camera_id])
             return gather_id
@@ -243,8 +243,9 @@ class Cameras:
 
         Raises ``NotFound`` (deleting nothing) when any id names no camera. Returns the stored
         files the rows pointed at; the caller unlinks them once this transaction has committed.
+        (Offloaded, on SQLite to the writer's thread: a camera may take thousands of records.)
         """
-        async with self._db.write() as conn:
+        async with self._db.write(offload=True) as conn:
             found = [
                 dict(row._mapping)
                 for row in await conn.execute(

@@ -1,103 +1,174 @@
-"""Every write transaction on a SQLite catalogue: one thread of its own, one synchronous connection.
+"""Every write on a SQLite catalogue: one synchronous connection, one queue, one order.
 
-Why a thread of our own rather than the engine's (aiosqlite): through aiosqlite each statement is
-three or four trips to its worker thread and back (cursor, execute, fetch, close; then BEGIN and
-COMMIT), 150–400 µs each on these machines and far more when the loop is busy, for statements that
-take 5–25 µs in SQLite. Here a transaction given as one function (``SQLiteWriter.call``) is one
-trip: the whole of it runs in this thread, and the results of every transaction finished while the
-loop was busy come back in one wake-up of the loop. Measured with ``bench/commands.py`` (see
-``bench/RESULTS.md``): a ``start_camera`` costs about one such trip, within the goal of twice a bare
-aiohttp echo at 1 and at 200 callers, where aiosqlite's four to five trips per write were not.
+All of this process's writes take this path, whatever their kind: a transaction run whole
+(``call``: a function of the connection), a transaction written as an ``async with`` body
+(``transaction``), and one-statement writes (``run_one``: the request path's, e.g. a camera's
+started flag). They pass the ``WriteGate`` one at a time in the order they asked, and run on the
+writer's one connection; nothing is ever declined and retried elsewhere, so nothing is reordered
+(the old inline path fell back to the engine, which could put a declined write behind a later
+one).
 
-Order: the thread takes its work from one FIFO queue, so this process's write transactions meet
-SQLite's lock one at a time and in the order they were asked for, whatever their kind; nothing is
-ever declined and retried elsewhere (the old inline path could put a declined write behind a later
-one). The ``WriteGate`` that used to give the engine's writers that order is not needed: the queue
-is the gate. A transaction written as an ``async with`` body (``SQLiteWriter.transaction``) holds
-the thread from its ``BEGIN IMMEDIATE`` to its end, one trip per statement, so it must do database
-work only (whatever else it awaits, every writer waits for too), as under the gate before.
+Where the work runs, measured (``bench/commands.py``, bench/RESULTS.md): in the event loop's own
+thread. A trip to any other thread and back costs ~100 µs on these machines (a bare
+``run_in_executor`` of a no-op: 106 µs median; through aiosqlite a write is four or five such trips,
+~1.3 ms), while the statements themselves take 5–25 µs. With every transaction sent whole to a
+dedicated thread (one trip each), ``start_camera`` cost 2.7–3.2× the bare aiohttp echo at 1 and 200
+callers (goal ≤ 2×, bench/RESULTS.md); run here, within it. The thread (``_executor``) is still
+used, on the same connection and still holding the gate, for what must not hold up the loop:
 
-Waiting: the connection waits up to its busy timeout (10 s) for another process holding the lock (a
-``relay user`` command), in this thread, so the event loop keeps serving reads and everything else
-meanwhile. The WAL is checkpointed by SQLite itself (``wal_autocheckpoint``, every 1,000 pages), in
-this thread too. Deleting a camera with 20,000 records no longer stalls the loop either.
+- waiting for another process's lock (a ``relay user`` command beside the server): ``BEGIN
+  IMMEDIATE`` is tried here with no busy timeout, and when the lock is taken it is retried there
+  with one (``BUSY_TIMEOUT_S``); the transaction then goes on as before, in the same place in line;
+- transactions that may change thousands of rows (``offload``: deleting cameras with their
+  records; 20,000 records hold the loop ~150 ms otherwise), each statement there;
+- checkpoints: the connection never checkpoints the WAL itself (``wal_autocheckpoint=0``, a
+  checkpoint copies pages and fsyncs); every ``CHECKPOINT_EVERY`` commits a second connection does
+  a passive one there.
+
+One-statement writes asked for in the same turn of the event loop commit together, one
+transaction (and one gate entry) for all of them, each caller answered after the commit; one that
+fails alone gets its own error and the others stay committed (SQLite undoes just that statement).
+Under load that halves what such a write costs.
 
 Reads do not come here: in WAL mode a reader never waits for a writer and sees every committed
-write, so they keep the engine's pool (several at once, none behind a long write).
+write, so they keep the engine's pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import queue
 import sqlite3
-import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Executable, create_engine, event
-from sqlalchemy.engine import Connection, Engine, Result
+from sqlalchemy import Executable, create_engine
+from sqlalchemy.engine import Connection, Dialect, Engine, Result
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Results handed back to the loop in one wake-up, at most (the queue's backlog is drained first).
-DELIVER_EVERY = 64
-#: How long a write waits for another process's lock before failing (``database is locked``).
+#: How long a write waits for another process's lock (in the writer's thread) before failing.
 BUSY_TIMEOUT_S = 10.0
+#: Commits between passive checkpoints of the WAL (SQLite's own default is 1,000 pages); a batch
+#: of one-statement writes is one commit.
+CHECKPOINT_EVERY = 500
+
+_REQUIRED = object()
 
 
-def _buffered(result: Any) -> Any:
-    """A SELECT's rows all fetched now, in the writer's thread; an INSERT's, UPDATE's or DELETE's
-    rowcount read there too (the result then outlives its cursor and its thread)."""
+def buffered(result: Any) -> Any:
+    """A SELECT's rows all fetched now; an INSERT's, UPDATE's or DELETE's rowcount read now (the
+    result then outlives its cursor and the thread it ran in)."""
     if result.returns_rows:
         return result.freeze()()
     _ = result.rowcount
     return result
 
 
-class _Call:
-    """One whole transaction: ``fn(connection)`` between BEGIN IMMEDIATE and COMMIT."""
+@dataclass(frozen=True)
+class _Plan:
+    """A statement compiled once: its SQL and where each positional argument comes from."""
 
-    __slots__ = ("fn", "future")
+    sql: str
+    arguments: tuple[tuple[str, Any], ...]  # (parameter name, value when the caller gives none)
 
-    def __init__(self, fn: Callable[[Connection], Any], future: asyncio.Future[Any]) -> None:
-        self.fn = fn
-        self.future = future
+    def values(self, params: dict[str, Any]) -> list[Any]:
+        values = [params.get(name, fixed) for name, fixed in self.arguments]
+        if _REQUIRED in values:
+            missing = [name for name, fixed in self.arguments
+                       if fixed is _REQUIRED and name not in params]
+            raise KeyError(f"statement parameters missing: {missing}")
+        return values
 
 
-class _Session:
-    """A transaction driven from the loop: the thread runs each step it is sent until the end."""
+@functools.lru_cache(maxsize=256)
+def _plan(statement: Executable, dialect: Dialect) -> _Plan:
+    """(By the statement's identity: build ``run_one``'s statements once, as module constants.)"""
+    compiled: Any = statement.compile(dialect=dialect)
+    binds = [compiled.binds[name] for name in compiled.positiontup or ()]
+    return _Plan(compiled.string, tuple(
+        (bind.key, _REQUIRED if bind.required else bind.effective_value) for bind in binds))
 
-    __slots__ = ("began", "steps")
 
-    def __init__(self, began: asyncio.Future[None]) -> None:
-        self.began = began
-        self.steps: queue.SimpleQueue[tuple[str, Callable[[Connection], Any] | None,
-                                            asyncio.Future[Any] | None]] = queue.SimpleQueue()
+class WriteGate:
+    """One holder at a time, admitted strictly in arrival order (first come, first served).
+
+    Why not leave the queueing to SQLite: writers waiting in ``BEGIN IMMEDIATE`` sleep in SQLite's
+    busy handler (1, 2, 5 … up to 100 ms a try) and whoever retries first once the lock is free
+    wins, so with 20 writers some waited 3.4 s behind transactions of a millisecond. Here they wait
+    in the event loop, and ``leave`` hands the gate straight to the next in line (nobody can slip
+    in between).
+    A holder must do database work only: whatever else it awaits, every writer waits for too.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    def busy(self) -> bool:
+        return self._held or bool(self._waiting)
+
+    def try_enter(self) -> bool:
+        """Enter now if the gate is free and nobody is waiting; never waits."""
+        if self._held or self._waiting:
+            return False
+        self._held = True
+        return True
+
+    async def enter(self) -> None:
+        if self.try_enter():
+            return
+        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(admitted)
+        try:
+            await admitted
+        except asyncio.CancelledError:
+            if admitted.done() and not admitted.cancelled():  # handed the gate, then cancelled
+                self.leave()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(admitted)
+            raise
+
+    def leave(self) -> None:
+        while self._waiting:
+            admitted = self._waiting.popleft()
+            if not admitted.done():  # (skips a waiter cancelled meanwhile)
+                admitted.set_result(None)  # the gate stays held: it is the next one's now
+                return
+        self._held = False
 
 
 class WriterConnection:
     """What a write transaction's body calls on its connection, as on the engine's
     ``AsyncConnection`` (``execute``, ``scalars``, ``scalar``, ``exec_driver_sql``, ``run_sync``,
-    ``dialect``): each one trip to the writer's thread. Rows come back read to the end."""
+    ``dialect``): each done at once here, or in the writer's thread for an ``offload``ed one.
+    Rows come back read to the end, as the engine's do."""
 
-    def __init__(self, writer: SQLiteWriter, session: _Session) -> None:
+    def __init__(self, writer: SQLiteWriter, connection: Connection, offload: bool) -> None:
         self._writer = writer
-        self._session = session
-        self.dialect = writer.engine.dialect
+        self._connection = connection
+        self._offload = offload
+        self.dialect = connection.dialect
 
     async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await self._writer._step(self._session, lambda conn: fn(conn, *args, **kwargs))
+        if self._offload:
+            return await self._writer._in_thread(fn, self._connection, *args, **kwargs)
+        return fn(self._connection, *args, **kwargs)
 
     async def execute(self, statement: Executable, parameters: Any = None, **options: Any
                       ) -> Result[Any]:
         return await self.run_sync(
-            lambda conn: _buffered(conn.execute(statement, parameters, **options)))
+            lambda conn: buffered(conn.execute(statement, parameters, **options)))
 
     async def scalars(self, statement: Executable, parameters: Any = None, **options: Any) -> Any:
         return (await self.execute(statement, parameters, **options)).scalars()
@@ -108,186 +179,323 @@ class WriterConnection:
     async def exec_driver_sql(self, statement: str, parameters: Any = None, **options: Any
                               ) -> Result[Any]:
         return await self.run_sync(
-            lambda conn: _buffered(conn.exec_driver_sql(statement, parameters, **options)))
+            lambda conn: buffered(conn.exec_driver_sql(statement, parameters, **options)))
 
 
 class SQLiteWriter:
-    """The thread and its connection; started on first use, ended by ``close``."""
+    """The connection, the gate, the thread; the connection opens on first use."""
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self.engine = self._engine()
-        self._jobs: queue.SimpleQueue[_Call | _Session | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self._gate = WriteGate()
+        self._engine = self._make_engine()
+        self._connection: Connection | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalogue-writer")
+        self._queue: list[tuple[_Plan, list[Any], asyncio.Future[list[Any]]]] = []
+        self._scheduled = False  # a commit of the queue is coming (this turn, or at the gate)
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # commits waiting for the gate or the lock
+        self._since_checkpoint = 0
         self._closed = False
         self.transactions = 0  # committed ones (tests, benchmarks)
 
-    # ------------------------------------------------------------------ the loop's side
+    @property
+    def dialect(self) -> Dialect:
+        return self._engine.dialect
 
-    async def call(self, fn: Callable[[Connection], T]) -> T:
-        """``fn(connection)`` in one write transaction, committed once it returns (rolled back if it
-        raises, and the exception raised here); one trip to the thread for all of it. ``fn`` runs
-        in the writer's thread: it must touch nothing of the loop's."""
-        future = self._loop_future()
-        self._submit(_Call(fn, future))
-        return await future
+    # ------------------------------------------------------------------ whole transactions
+
+    async def call(self, fn: Callable[[Connection], T], offload: bool = False) -> T:
+        """``fn(connection)`` in one write transaction, committed once it returns (rolled back if
+        it raises, and the exception raised here); in the writer's thread with ``offload``."""
+        async with self._turn() as connection:
+            await self._begin(connection)
+            try:
+                result = (await self._in_thread(fn, connection)) if offload else fn(connection)
+            except BaseException:
+                self._end(connection, commit=False)
+                raise
+            self._end(connection, commit=True)
+            return result
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[WriterConnection]:
-        """A write transaction whose body runs in the loop, each statement a trip to the thread;
-        committed on exit, rolled back on an exception (or a cancellation)."""
-        session = _Session(self._loop_future())
-        self._submit(session)
-        try:
-            await session.began
-        except BaseException:
-            session.steps.put(("rollback", None, None))  # whenever the thread gets to it
-            raise
-        try:
-            yield WriterConnection(self, session)
-        except BaseException:
-            session.steps.put(("rollback", None, None))  # later transactions queue behind it
-            raise
-        committed = self._loop_future()
-        session.steps.put(("commit", None, committed))
-        await committed
+    async def transaction(self, offload: bool = False) -> AsyncIterator[WriterConnection]:
+        """A write transaction whose body runs in the loop (its statements here, or in the
+        writer's thread with ``offload``); committed on exit, rolled back on an exception. It
+        holds the gate throughout: the body must do database work only."""
+        async with self._turn() as connection:
+            await self._begin(connection)
+            try:
+                yield WriterConnection(self, connection, offload)
+            except BaseException:
+                self._end(connection, commit=False)
+                raise
+            self._end(connection, commit=True)
 
-    async def _step(self, session: _Session, fn: Callable[[Connection], T]) -> T:
-        future = self._loop_future()
-        session.steps.put(("run", fn, future))
-        return await future
-
-    def close(self) -> None:
-        """End the thread once the work already queued is done (no new work is taken)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join()
-        self.engine.dispose()
-
-    def _loop_future(self) -> asyncio.Future[Any]:
-        loop = self._loop = asyncio.get_running_loop()
-        return loop.create_future()
-
-    def _submit(self, job: _Call | _Session) -> None:
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[Connection]:
         if self._closed:
             raise RuntimeError("the catalogue is closed")
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="catalogue-writer",
-                                            daemon=True)
-            self._thread.start()
-        self._jobs.put(job)
+        await self._gate.enter()
+        try:
+            yield self._open()
+        finally:
+            self._gate.leave()
 
-    def _deliver(self, done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-        for future, result, error in done:
-            if future.done():  # (a caller that gave up)
-                continue
-            if error is not None:
-                future.set_exception(error)
+    async def _begin(self, connection: Connection) -> None:
+        """BEGIN IMMEDIATE here when the lock is free, else waiting for it in the thread."""
+        raw = connection.connection.driver_connection
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise _wrapped("BEGIN IMMEDIATE", exc) from exc
+        await self._in_thread(_begin_waiting, connection)
+
+    def _end(self, connection: Connection, commit: bool) -> None:
+        raw = connection.connection.driver_connection
+        try:
+            if connection.in_transaction():  # (SQLAlchemy began its own on the first execute)
+                connection.commit() if commit else connection.rollback()
+            if raw.in_transaction:
+                raw.execute("COMMIT" if commit else "ROLLBACK")
+        except BaseException:
+            if raw.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    raw.execute("ROLLBACK")
+            raise
+        if commit:
+            self._committed()
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` in the writer's thread; a cancelled caller still waits for it to finish (the
+        connection must not be used by two threads at once)."""
+        done = asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(fn, *args, **kwargs))
+        cancelled = False
+        while True:
+            try:
+                result = await asyncio.shield(done)
+                break
+            except asyncio.CancelledError:
+                if done.done():
+                    raise
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
+
+    # ------------------------------------------------------------------ one-statement writes
+
+    def run_one(self, statement: Executable, params: dict[str, Any]) -> asyncio.Future[list[Any]]:
+        """Queue one INSERT, UPDATE or DELETE; the future gives the rows it returned (RETURNING)
+        once it is committed with the others of this turn, or its own error."""
+        if self._closed:
+            raise RuntimeError("the catalogue is closed")
+        plan = _plan(statement, self._engine.dialect)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append((plan, plan.values(params), future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._commit_queue)
+        return future
+
+    def _commit_queue(self) -> None:
+        """At the end of the turn: commit now if the gate and the lock are free (all of it here,
+        no task, no wait), else get in line for them."""
+        if not self._gate.try_enter():
+            self._background(self._commit_when_admitted())
+            return
+        queue, self._queue, self._scheduled = self._queue, [], False
+        try:
+            raw = self._open().connection.driver_connection
+            raw.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # busy (another process), or worse: found out there
+            self._background(self._commit_admitted(queue))
+            return
+        except Exception as exc:  # (a file that cannot be opened): each caller hears it
+            self._gate.leave()
+            _deliver(queue, [exc] * len(queue))
+            return
+        results = self._run_batch(queue)
+        if results is None:  # SQLite gave up the whole transaction
+            self._background(self._commit_admitted(queue, begun=False, one_by_one=True))
+            return
+        self._gate.leave()
+        _deliver(queue, results)
+
+    async def _commit_when_admitted(self) -> None:
+        try:
+            await self._gate.enter()
+        except asyncio.CancelledError:  # (the loop is closing): nothing of the queue was written
+            queue, self._queue, self._scheduled = self._queue, [], False
+            for *_, future in queue:
+                future.cancel()
+            raise
+        queue, self._queue, self._scheduled = self._queue, [], False
+        await self._commit_admitted(queue)
+
+    async def _commit_admitted(self, queue: list[tuple[_Plan, list[Any], Any]],
+                               begun: bool = False, one_by_one: bool = False) -> None:
+        """Holding the gate: commit ``queue`` (waiting for the lock as needed), give the gate on,
+        tell the callers."""
+        try:
+            if self._closed and not begun:
+                results: list[Any] | None = [RuntimeError("the catalogue is closed")] * len(queue)
+            elif one_by_one:
+                results = await self._one_by_one(queue)
             else:
-                future.set_result(result)
-
-    # ------------------------------------------------------------------ the thread's side
-
-    def _work(self) -> None:
-        connection = self.engine.connect()
-        try:
-            while True:
-                if self._done and (self._jobs.empty() or len(self._done) >= DELIVER_EVERY):
-                    self._flush()
-                job = self._jobs.get()
-                if job is None:
-                    break
-                if isinstance(job, _Call):
-                    self._run_call(connection, job)
-                else:
-                    self._run_session(connection, job)
-        finally:
-            self._flush()
-            connection.close()
-
-    def _flush(self) -> None:
-        if self._done and self._loop is not None:
-            done, self._done = self._done, []
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                self._loop.call_soon_threadsafe(self._deliver, done)
-
-    def _run_call(self, connection: Connection, job: _Call) -> None:
-        if job.future.cancelled():  # given up before it started: nothing written
-            return
-        try:
-            with connection.begin():
-                result = job.fn(connection)
-        except BaseException as exc:  # (handed to the caller, who raises it)
-            self._done.append((job.future, None, exc))
-            return
-        self.transactions += 1
-        self._done.append((job.future, result, None))
-
-    def _run_session(self, connection: Connection, session: _Session) -> None:
-        try:
-            transaction = connection.begin()
+                await self._begin(self._open())
+                results = self._run_batch(queue)
+                if results is None:
+                    results = await self._one_by_one(queue)
         except BaseException as exc:
-            self._done.append((session.began, None, exc))
-            return
-        self._done.append((session.began, None, None))
-        try:
-            while True:
-                self._flush()  # the body waits for each answer: hand it over now
-                kind, fn, future = session.steps.get()
-                if kind == "run":
-                    assert fn is not None and future is not None
-                    try:
-                        self._done.append((future, fn(connection), None))
-                    except BaseException as exc:
-                        self._done.append((future, None, exc))
-                elif kind == "commit":
-                    assert future is not None
-                    try:
-                        transaction.commit()
-                    except BaseException as exc:
-                        self._done.append((future, None, exc))
-                    else:
-                        self.transactions += 1
-                        self._done.append((future, None, None))
-                    return
-                else:
-                    return
+            results = [exc] * len(queue)
         finally:
-            if transaction.is_active:
-                try:
-                    transaction.rollback()
-                except Exception as exc:  # the connection is unusable: the next BEGIN says so
-                    log.warning("catalogue rollback failed: %s", exc.__class__.__name__)
+            self._gate.leave()
+        _deliver(queue, results)
 
-    def _engine(self) -> Engine:
-        """One connection (``StaticPool``) that emits ``BEGIN IMMEDIATE`` itself, SQLAlchemy's
-        documented recipe for pysqlite with the driver's own transaction handling off; set up as
-        the async engine's connections are (database.py), WAL since a first write may create the
-        file."""
+    def _run_batch(self, queue: list[tuple[_Plan, list[Any], Any]]) -> list[Any] | None:
+        """Inside a begun transaction: the statements, then COMMIT; each one's rows or its own
+        error; None when SQLite gave up the whole transaction (nothing of it written)."""
+        raw = self._open().connection.driver_connection
+        results: list[Any] = []
+        for plan, values, _future in queue:
+            try:
+                results.append(raw.execute(plan.sql, values).fetchall())
+            except sqlite3.Error as exc:
+                if not raw.in_transaction:
+                    return None
+                results.append(_wrapped(plan.sql, exc, values))
+        try:
+            raw.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                raw.execute("ROLLBACK")
+            return [_wrapped("COMMIT", exc)] * len(queue)
+        self._committed()
+        return results
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _one_by_one(self, queue: list[tuple[_Plan, list[Any], Any]]) -> list[Any]:
+        """After a failure that undid the whole batch: each statement in its own transaction."""
+        connection = self._open()
+        raw = connection.connection.driver_connection
+        results: list[Any] = []
+        for plan, values, _future in queue:
+            try:
+                await self._begin(connection)
+                rows = raw.execute(plan.sql, values).fetchall()
+                raw.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if raw.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        raw.execute("ROLLBACK")
+                results.append(_wrapped(plan.sql, exc, values))
+                continue
+            except DBAPIError as exc:
+                results.append(exc)
+                continue
+            self._committed()
+            results.append(rows)
+        return results
+
+    # ------------------------------------------------------------------ the rest
+
+    def _committed(self) -> None:
+        self.transactions += 1
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
+            self._since_checkpoint = 0
+            self._checkpoint = asyncio.ensure_future(self._run_checkpoint())
+
+    async def _run_checkpoint(self) -> None:
+        """Copy the WAL into the database file, on a connection of its own, in the thread."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._checkpoint_now)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("WAL checkpoint failed: %s", exc.__class__.__name__)
+        finally:
+            self._checkpoint = None
+        if self._since_checkpoint >= CHECKPOINT_EVERY and not self._closed:  # (a busy spell)
+            self._since_checkpoint = 0
+            self._checkpoint = asyncio.ensure_future(self._run_checkpoint())
+
+    def _checkpoint_now(self) -> None:
+        with contextlib.closing(sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S)) as other:
+            other.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def close(self) -> None:
+        """Wait for the writes already asked for, then close the connection and the thread."""
+        self._closed = True
+        while self._gate.busy() or self._tasks or self._scheduled:
+            await asyncio.sleep(0.01)
+        if self._checkpoint is not None:
+            await self._checkpoint
+        self._executor.shutdown(wait=True)
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        self._engine.dispose()
+
+    def _open(self) -> Connection:
+        if self._connection is None:
+            self._connection = self._engine.connect()
+        return self._connection
+
+    def _make_engine(self) -> Engine:
+        """One connection (``StaticPool``) with the driver's own transaction handling off (we emit
+        BEGIN IMMEDIATE ourselves), set up as the async engine's are (database.py) but with no busy
+        timeout (a wait happens in the thread) and no automatic checkpoints."""
         path = self._path
 
         def connect() -> sqlite3.Connection:
-            connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            connection = sqlite3.connect(path, timeout=0, isolation_level=None,
                                          check_same_thread=False)
             try:
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA foreign_keys=ON")
-                connection.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+                connection.execute("PRAGMA busy_timeout=0")
                 connection.execute("PRAGMA synchronous=NORMAL")
+                connection.execute("PRAGMA wal_autocheckpoint=0")
             except sqlite3.Error:
                 connection.close()
                 raise
             return connection
 
-        engine = create_engine("sqlite://", creator=connect, poolclass=StaticPool)
+        return create_engine("sqlite://", creator=connect, poolclass=StaticPool)
 
-        @event.listens_for(engine, "begin")
-        def _begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        return engine
+def _deliver(queue: list[tuple[_Plan, list[Any], asyncio.Future[Any]]], results: list[Any]
+             ) -> None:
+    for (_, _, future), result in zip(queue, results, strict=True):
+        if future.done():  # (a caller that gave up)
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def _begin_waiting(connection: Connection) -> None:
+    """In the thread: BEGIN IMMEDIATE, waiting up to ``BUSY_TIMEOUT_S`` for the lock."""
+    raw = connection.connection.driver_connection
+    raw.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise _wrapped("BEGIN IMMEDIATE", exc) from exc
+    finally:
+        raw.execute("PRAGMA busy_timeout=0")
+
+
+def _wrapped(sql: str, exc: sqlite3.Error, values: Any = None) -> DBAPIError:
+    """The driver's error as SQLAlchemy's (``IntegrityError``, ``OperationalError`` …), what the
+    engine would have raised."""
+    return DBAPIError.instance(sql, values, exc, sqlite3.Error)
