@@ -31,8 +31,8 @@ from conftest import (
     start_agent,
     start_relay,
     stop_agent,
-    stop_relay,
 )
+from live_system import Drain
 
 _clusters = iter(range(1, 1_000_000))
 
@@ -116,6 +116,9 @@ class Cluster:
     agents: list[AgentProcess] = field(default_factory=list)
     credential: str = ""
     prefix: str = ""
+    #: Each node's stderr as it comes (a full pipe would stall it), and the logs of ended runs.
+    drains: dict[int, Drain] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -130,6 +133,7 @@ class Cluster:
             self.ports.append(free_port())
         node = start_relay(self.tmp / f"node{index}", *self.args, env=self.env,
                            port=self.ports[index])
+        self.drains[index] = Drain(node.process.stderr)  # type: ignore[arg-type]
         self.nodes[index] = node
         if node.credential:
             self.credential = node.credential
@@ -144,14 +148,25 @@ class Cluster:
         return Api(self.node(index).base_url, self.credential)
 
     def kill_node(self, index: int) -> str:
-        node = self.node(index)
-        node.process.send_signal(signal.SIGKILL)
-        node.process.wait(10)
-        self.nodes[index] = None
-        return node.process.stderr.read().decode() if node.process.stderr else ""
+        """SIGKILL the node; what it logged."""
+        self.node(index).process.send_signal(signal.SIGKILL)
+        return self._ended(index)
 
     def stop_node(self, index: int) -> str:
-        log = stop_relay(self.node(index))
+        """SIGINT, then SIGKILL after 10 s; what it logged."""
+        process = self.node(index).process
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        return self._ended(index)
+
+    def _ended(self, index: int) -> str:
+        self.node(index).process.wait(10)
+        log = self.drains.pop(index).join()
+        run = sum(name.startswith(f"node{index} ") for name in self.logs)
+        self.logs[f"node{index} run {run}"] = log
         self.nodes[index] = None
         return log
 
@@ -172,19 +187,20 @@ class Cluster:
             logs[agent.data.name] = agent.log()
         for index, node in enumerate(self.nodes):
             if node is not None:
-                logs[f"node{index}"] = stop_relay(node)
+                self.stop_node(index)
         self.redis.stop()
-        return logs
+        return {**logs, **self.logs}
 
 
-def start_cluster(tmp: Path, nodes: int, *args: str) -> Cluster:
+def start_cluster(tmp: Path, nodes: int, *args: str, database_port: int = 5432) -> Cluster:
     """A fresh database and Redis, then ``nodes`` nodes one after the other (the first creates
-    the catalogue and the administrator)."""
+    the catalogue and the administrator). The nodes reach PostgreSQL on ``database_port`` (a
+    ``tcp_proxy.py`` in front of it, for a test that takes the database away)."""
     name = f"relay_test_{_SESSION}_cluster_{next(_clusters)}"
     asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
     redis = RedisServer(tmp / "redis")
-    cluster = Cluster(tmp, f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", redis, args,
-                      prefix=f"t{os.getpid()}")
+    cluster = Cluster(tmp, f"postgresql+asyncpg://postgres@127.0.0.1:{database_port}/{name}",
+                      redis, args, prefix=f"t{os.getpid()}")
     try:
         redis.start()
         for _ in range(nodes):

@@ -120,3 +120,34 @@ async def test_the_holder_killed_both_pages_play_again_without_a_reload(cluster:
         await close_tab(page)
     eventually(lambda: sum(gauge(cluster, index, "relay_live_pushes") for index in others) == 0,
                timeout=CLOSE_AFTER + 5)
+
+
+async def test_redis_gone_for_10_s_the_pages_play_on_and_no_push_is_left(cluster: Cluster,
+                                                                         browser: Browser) -> None:
+    video = make_demo_video(cluster.tmp / "cam.mp4", seconds=4)
+    cluster.start_agent(cluster.node(0).base_url, cluster.agent_key())
+    eventually(lambda: [g["status"] for g in cluster.api(1).gatherers()] == [1], timeout=20)
+    gather_id = cluster.api(1).gatherers()[0]["gather_id"]
+    camera_id = cluster.api(1).call("add_camera", camera_name="hall", gather_id=gather_id,
+                                    stream_prop=1, stream_mp4=str(video))["camera_id"]
+    eventually(lambda: cluster.api(1).call("get_camera_status", camera_id=camera_id)["status"]
+               == 1, timeout=20)
+    pages = [await embed(browser, play_url(cluster, index, camera_id)) for index in (0, 1)]
+    for page in pages:
+        await decoded(page, timeout=30)
+    cluster.redis.stop()
+    await asyncio.sleep(10)
+    during = [await frames(page) for page in pages]
+    cluster.redis.start()
+    await asyncio.sleep(3)
+    after = [await frames(page) for page in pages]
+    assert all(b > a + 25 for a, b in zip(during, after, strict=True)), (during, after)
+    assert gauge(cluster, 0, "relay_live_pushes") == 1
+    for page in pages:
+        await close_tab(page)
+    closed = time.monotonic()
+    eventually(lambda: gauge(cluster, 0, "relay_live_pushes") == 0, timeout=CLOSE_AFTER + 5,
+               interval=0.05)
+    assert time.monotonic() - closed <= CLOSE_AFTER + 1
+    for index in range(3):
+        eventually(lambda index=index: gauge(cluster, index, "relay_live_viewers") == 0, timeout=5)

@@ -265,7 +265,8 @@ class LiveController:
         if not camera.viewers:
             return
         if not self._hub.linked_here(camera.gather_id):
-            self._ensure_pull(camera)
+            if self._drop_node_links(camera):
+                self._ensure_pull(camera)
             return
         if camera.pull is not None:  # the gatherer has moved here: a push replaces the pull
             self.spawn(self._stop_pull(camera))
@@ -290,6 +291,14 @@ class LiveController:
             log.warning("camera %d: push #%d refused: %s", camera.camera_id, number, camera.error)
             camera.push_id = None
             self._update_gauges()
+
+    def _drop_node_links(self, camera: CameraLive) -> bool:
+        """The gatherer has left this node: other nodes' media links here end (they find the new
+        holder themselves; media is never passed on twice). True when local viewers remain."""
+        links = [viewer for viewer in camera.viewers.values() if viewer.transport == "node"]
+        for viewer in links:
+            self.spawn(self.close_viewer(viewer.viewer_id, "the gatherer moved to another node"))
+        return len(links) < len(camera.viewers)
 
     def _ensure_pull(self, camera: CameraLive) -> None:
         if camera.pull is not None:
@@ -403,7 +412,7 @@ class LiveController:
                     log.info("camera %d: %d viewer(s) but no push: restarting it",
                              camera.camera_id, len(camera.viewers))
                     self._ensure_push(camera)
-                elif camera.pull is None and not here:
+                elif camera.pull is None and not here and self._drop_node_links(camera):
                     self._ensure_pull(camera)
             elif camera.pull is not None:
                 self.spawn(self._stop_pull(camera))
