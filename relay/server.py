@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import admin, api, cluster, ops, player
 from .catalogue import Catalogue
+from .catalogue.errors import DATABASE_DOWN
 from .cluster import ClusterHub, cluster_secret
 from .config import ConfigError, Settings
 from .connections import GuardedRunner
@@ -47,7 +48,8 @@ async def json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Unknown paths and methods answer JSON; a bug answers a JSON 500 and is logged, never shown;
-    a client that has gone is no error (aiohttp would log a traceback for it)."""
+    a client that has gone is no error (aiohttp would log a traceback for it); a catalogue that
+    cannot be reached answers 503 with ``Retry-After`` (PostgreSQL restarting, say)."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -65,6 +67,12 @@ async def json_errors(
         log.debug("%s %s: the client went before it was answered", request.method,
                   redact(request.raw_path))
         return web.Response(status=CLIENT_GONE)
+    except DATABASE_DOWN as exc:  # the database is down or unreachable: say so
+        log.warning("%s %s: catalogue unavailable (%s)", request.method,
+                    redact(request.path), exc.__class__.__name__)
+        return web.json_response({"err_code": 503, "err_msg": "the catalogue (database) is "
+                                  "unavailable; try again shortly"}, status=503,
+                                 headers={"Retry-After": "5"})
     except Exception:
         log.exception("internal error on %s %s", request.method, redact(request.raw_path))
         return web.json_response({"err_code": 500, "err_msg": "internal error"}, status=500)

@@ -36,3 +36,18 @@ class CourseOverlap(CatalogueError):
         self.course_id = course_id
         self.start_sec = start_sec
         self.elapse_sec = elapse_sec
+
+
+#: What a caller meets when the database cannot be reached (PostgreSQL restarting, a network cut):
+#: SQLAlchemy's errors, and what the driver raises while it connects (a refused or timed-out
+#: connection reaches the caller unwrapped). ``relay serve`` answers these 503, never 500.
+def _database_down() -> tuple[type[BaseException], ...]:
+    import socket
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (SQLAlchemyError, ConnectionRefusedError, ConnectionAbortedError, socket.gaierror,
+            TimeoutError)
+
+
+DATABASE_DOWN = _database_down()

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ..catalogue import AgentKey, GathererRefused
+from ..catalogue.errors import DATABASE_DOWN
 from ..services import SERVICES
 from . import protocol
 from .admission import Admission
@@ -98,6 +99,11 @@ async def _welcome(request: web.Request, record: AgentKey, ws: web.WebSocketResp
         log.warning("refused agent %s (%s) from %s (key %r): %s", hello["name_pc"],
                     hello["mac_addr"], peer, record.name, refusal)
         await ws.close(code=protocol.REFUSED_GATHERER, message=str(refusal).encode()[:120])
+        return None
+    except DATABASE_DOWN as exc:  # the agent tries again by itself (1013: try again later)
+        log.warning("agent %s from %s not registered: the catalogue is unavailable (%s)",
+                    hello["mac_addr"], peer, exc.__class__.__name__)
+        await ws.close(code=1013, message=b"the relay's catalogue is unavailable; try again")
         return None
     if ws.closed:  # it gave up while its registration waited: nothing to attach
         await links.presence.gatherer_offline(gather_id, epoch)

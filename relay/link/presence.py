@@ -4,18 +4,27 @@ each camera's status as its agent reports it, and gatherers going offline when t
 A gatherer whose link ended is marked offline only if no newer link (a larger epoch, on this node
 or another) has registered it by the time the batch is written, so a quick reconnect never ends up
 shown offline.
+
+While the database cannot be reached, links stay up: what could not be written is kept (the latest
+status per camera, every ended link) and written again every ``RETRY`` seconds until it is in.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from ..catalogue import Catalogue
+from ..catalogue.errors import DATABASE_DOWN
 from .batches import Batcher
 
 log = logging.getLogger(__name__)
 
 Report = tuple[int, int, int, str]  # gather_id, camera_id, status, err_msg
+
+#: Seconds between attempts to write what a database outage kept back.
+RETRY = 2.0
 
 
 class Presence:
@@ -24,6 +33,9 @@ class Presence:
         self._statuses: Batcher[Report, None] = Batcher("camera statuses", self._write_statuses)
         self._offline: Batcher[tuple[int, int], None] = Batcher("gatherers offline",
                                                                 self._write_offline)
+        self._kept_statuses: dict[tuple[int, int], Report] = {}  # the latest, per camera
+        self._kept_offline: list[tuple[int, int]] = []
+        self._retry: asyncio.Task[None] | None = None
 
     async def camera_status(self, gather_id: int, camera_id: int, status: int, err_msg: str
                             ) -> None:
@@ -33,9 +45,40 @@ class Presence:
         """The link of ``epoch`` to the gatherer has ended."""
         await self._offline.submit((gather_id, epoch))
 
-    async def _write_statuses(self, reports: list[Report]) -> list[None]:
-        valid = await self._catalogue.cameras.set_statuses(
-            [(gather_id, camera_id, status) for gather_id, camera_id, status, _ in reports])
+    def _keep(self, what: str, exc: BaseException) -> None:
+        log.warning("%s not written, the catalogue is unavailable (%s); trying again every "
+                    "%.0f s", what, exc.__class__.__name__, RETRY)
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.create_task(self._write_kept(), name="presence retry")
+
+    async def _write_kept(self) -> None:
+        while self._kept_statuses or self._kept_offline:
+            await asyncio.sleep(RETRY)
+            statuses, self._kept_statuses = list(self._kept_statuses.values()), {}
+            offline, self._kept_offline = self._kept_offline, []
+            with contextlib.suppress(*DATABASE_DOWN):  # (kept again by the writes themselves)
+                if statuses:
+                    await self._write_statuses(statuses, quiet=True)
+                if offline:
+                    await self._write_offline(offline, quiet=True)
+
+    async def _write_statuses(self, reports: list[Report], quiet: bool = False) -> list[None]:
+        try:
+            valid = await self._catalogue.cameras.set_statuses(
+                [(gather_id, camera_id, status) for gather_id, camera_id, status, _ in reports])
+        except DATABASE_DOWN as exc:
+            for report in reports:
+                key = (report[0], report[1])
+                if quiet:  # a retry: a report kept meanwhile is newer
+                    self._kept_statuses.setdefault(key, report)
+                else:
+                    self._kept_statuses[key] = report
+            if quiet:
+                raise
+            self._keep(f"{len(reports)} camera status report(s)", exc)
+            return [None] * len(reports)
+        for report in reports:
+            self._kept_statuses.pop((report[0], report[1]), None)
         for (gather_id, camera_id, status, err_msg), ok in zip(reports, valid, strict=True):
             if not ok:
                 log.warning("gatherer %d reported camera %d, which is not one of its cameras",
@@ -47,11 +90,24 @@ class Presence:
                          err_msg or "-")
         return [None] * len(reports)
 
-    async def _write_offline(self, links: list[tuple[int, int]]) -> list[None]:
-        for gather_id in await self._catalogue.gatherers.set_offline(links):
+    async def _write_offline(self, links: list[tuple[int, int]], quiet: bool = False
+                             ) -> list[None]:
+        try:
+            gone = await self._catalogue.gatherers.set_offline(links)
+        except DATABASE_DOWN as exc:
+            self._kept_offline += links  # (epoch-conditional: safe to write whenever)
+            if quiet:
+                raise
+            self._keep(f"{len(links)} ended link(s)", exc)
+            return [None] * len(links)
+        for gather_id in gone:
             log.info("gatherer %d is offline", gather_id)
         return [None] * len(links)
 
     async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
         await self._statuses.close()
         await self._offline.close()
