@@ -63,6 +63,13 @@ def read_secret(cluster: Cluster) -> str:
     return hmac.new(asyncio.run(key()), b"relay cluster nodes v1", hashlib.sha256).hexdigest()
 
 
+def post_json(url: str, body: dict[str, Any], secret: str) -> dict[str, Any]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {
+        "Content-Type": "application/json", "Authorization": f"Bearer {secret}"}, method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
 def ok(transmit: dict[str, Any]) -> dict[str, Any]:
     assert transmit["err_code"] == 0 and transmit["err_msg"] == "OK", transmit
     return transmit.get("data", {})
@@ -91,9 +98,18 @@ def test_api_calls_on_every_node_answer_the_agents_transmit(cluster: Cluster, vi
                   )["started"] == 0
         held = {c["camera_id"]: c for c in agent.state()["state"]["cameras"]}
         assert held[answer["camera_id"]]["started"] == 0
+    # What the agent's link tells (its recording reports, version, peer) is known on every node.
+    secret = read_secret(cluster)
+    facts = [post_json(cluster.node(index).base_url + "/cluster/v1/facts",
+                       {"gather_ids": [gather_id]}, secret)["facts"] for index in range(3)]
+    assert facts[0] == facts[2] == {} and facts[1][str(gather_id)]["version"]
+    eventually(lambda: str(camera_ids[0]) in post_json(
+        cluster.node(1).base_url + "/cluster/v1/facts", {"gather_ids": [gather_id]},
+        secret)["facts"][str(gather_id)]["recordings"], timeout=15)
+    statuses = [cluster.api(index).call("get_camera_status", camera_id=camera_ids[0])
+                for index in (0, 1, 2)]
+    assert statuses[0] == statuses[1] == statuses[2], statuses
     for index in (0, 1, 2):
-        assert cluster.api(index).get("get_camera_status", token=cluster.api(index).token,
-                                      camera_id=camera_ids[0])["err_code"] == 0
         with urllib.request.urlopen(cluster.node(index).base_url + "/readyz", timeout=5) as r:
             assert json.load(r)["status"] == "ok"
 

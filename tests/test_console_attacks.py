@@ -592,10 +592,10 @@ async def test_what_a_hostile_agent_reports_is_escaped(api, visitor):
         await ws.send_json({"type": "recording", "camera_id": camera_id, "recording": 1,
                             "spool_bytes": 0, "upload_error": HOSTILE, "record_error": IMG})
         for _ in range(100):
-            if api.services.hub.recording(gather_id, camera_id):
+            if await api.services.hub.recording(gather_id, camera_id):
                 break
             await asyncio.sleep(0.05)
-        assert api.services.hub.recording(gather_id, camera_id)["upload_error"] == HOSTILE
+        assert (await api.services.hub.recording(gather_id, camera_id))["upload_error"] == HOSTILE
         admin, _ = await signed_in(visitor)
         for path in ("/admin", "/admin/overview/live", f"/admin/cameras/{camera_id}",
                      f"/admin/gatherers/{gather_id}"):

@@ -69,7 +69,7 @@ async def camera_page(request: web.Request, visit: Visit) -> web.StreamResponse:
         return message(request, "没有这个通道 · No such camera",
                        "它可能已被删除 · It may have been deleted.", 404, visit)
     courses = await services.catalogue.courses.of_camera(camera_id)
-    report = services.hub.recording(camera["gather_id"], camera_id) or {}
+    report = await services.hub.recording(camera["gather_id"], camera_id) or {}
     return render(request, "camera.html", {
         "visit": visit, "camera": camera, "gatherer": gatherer,
         "online": await services.hub.online(camera["gather_id"]), "report": report,

@@ -34,7 +34,7 @@ async def gatherer_page(request: web.Request, visit: Visit) -> web.StreamRespons
     except NotFound:
         return message(request, "没有这个采集端 · No such gatherer",
                        "它可能已被删除 · It may have been deleted.", 404, visit)
-    link = services.hub.link(gather_id)
+    link = (await services.hub.facts([gather_id])).get(gather_id)
     return render(request, "gatherer.html", {
         "visit": visit, "gatherer": gatherer, "link": link,
         "cameras": await services.catalogue.cameras.of_gatherer(gather_id),

@@ -42,8 +42,9 @@ async def state(request: web.Request) -> dict[str, Any]:
     gatherers = await every_row(services.catalogue.gatherers.page)
     cameras = await every_row(services.catalogue.cameras.page)
     per_gatherer = Counter(camera["gather_id"] for camera in cameras)
+    facts = await hub.facts([row["gather_id"] for row in gatherers])
     for row in gatherers:
-        link = hub.link(row["gather_id"])
+        link = facts.get(row["gather_id"])
         row["online"] = link is not None
         row["peer"] = link.peer if link is not None else ""
         row["version"] = link.version if link is not None else ""
@@ -52,7 +53,8 @@ async def state(request: web.Request) -> dict[str, Any]:
     pushes = viewers = 0
     for camera in cameras:
         now = live.state_of(camera["camera_id"])
-        report = hub.recording(camera["gather_id"], camera["camera_id"]) or {}
+        link = facts.get(camera["gather_id"])
+        report = link.recordings.get(camera["camera_id"], {}) if link is not None else {}
         camera.update(pushing=now["pushing"], viewers=now["viewers"],
                       recording=bool(report.get("recording")),
                       upload_error=report.get("upload_error", ""),
@@ -62,7 +64,7 @@ async def state(request: web.Request) -> dict[str, Any]:
     return {
         "gatherers": gatherers,
         "cameras": cameras,
-        "agents": len(hub.links()),
+        "agents": len(facts),
         "pushes": pushes,
         "viewers": viewers,
         "storage_free": request.app[RETENTION].free_bytes(),

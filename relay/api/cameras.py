@@ -144,7 +144,7 @@ async def _camera(call: Call) -> dict[str, Any]:
 @endpoint("get_camera_status", "camera_id")
 async def get_camera_status(call: Call) -> dict[str, Any]:
     row = await _camera(call)
-    report = call.services.hub.recording(row["gather_id"], row["camera_id"]) or {}
+    report = await call.services.hub.recording(row["gather_id"], row["camera_id"]) or {}
     return {"camera_id": row["camera_id"], "status": row["status"],
             "recording": report.get("recording", 0), "spool_bytes": report.get("spool_bytes", 0),
             "upload_error": report.get("upload_error", ""),

@@ -41,7 +41,7 @@ import aiohttp
 from redis.exceptions import RedisError
 
 from ..catalogue import Catalogue
-from ..hub import FAILED, OFFLINE, TIMEOUT, AgentLink, LocalHub, transmit
+from ..hub import FAILED, OFFLINE, TIMEOUT, AgentLink, LinkFacts, LocalHub, transmit
 from ..metrics import Metrics
 from ..throttle import FAILURE_WINDOW, MAX_FAILURES
 from .ownership import Ownership
@@ -51,6 +51,9 @@ from .throttle import SharedFailedSignIns
 log = logging.getLogger(__name__)
 
 COMMAND_PATH = "/cluster/v1/command"
+FACTS_PATH = "/cluster/v1/facts"
+#: Seconds another node has to tell its links' facts (the console waits for them).
+FACTS_TIMEOUT = 2.0
 _MOVED = object()
 
 
@@ -191,6 +194,41 @@ class ClusterHub(LocalHub):
         except (RedisError, OSError):
             return None
         return str(about["url"]) if about is not None else None
+
+    async def facts(self, gather_ids: list[int]) -> dict[int, LinkFacts]:
+        facts = await super().facts(gather_ids)
+        elsewhere = [gather_id for gather_id in gather_ids if gather_id not in facts]
+        if not elsewhere:
+            return facts
+        try:
+            owners = await self.ownership.owners(elsewhere)
+            nodes = {node: about for node, (alive, about) in (await self.ownership.nodes()).items()
+                     if alive and node != self.node}
+        except (RedisError, OSError):
+            return facts
+        by_node: dict[str, list[int]] = {}
+        for gather_id, owner in owners.items():
+            if owner.node in nodes:
+                by_node.setdefault(owner.node, []).append(gather_id)
+        answers = await asyncio.gather(*(self._facts_from(str(nodes[node]["url"]), ids)
+                                         for node, ids in by_node.items()))
+        for answer in answers:
+            facts.update(answer)
+        return facts
+
+    async def _facts_from(self, url: str, gather_ids: list[int]) -> dict[int, LinkFacts]:
+        assert self._http is not None
+        try:
+            async with self._http.post(url + FACTS_PATH, json={"gather_ids": gather_ids},
+                                       timeout=aiohttp.ClientTimeout(total=FACTS_TIMEOUT)
+                                       ) as response:
+                body = await response.json() if response.status == 200 else {}
+            return {int(gather_id): LinkFacts.from_json(value)
+                    for gather_id, value in body.get("facts", {}).items()}
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError,
+                AttributeError) as exc:
+            log.warning("could not ask node %s about its links (%s)", url, exc.__class__.__name__)
+            return {}
 
     def node_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secret}"}

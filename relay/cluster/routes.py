@@ -17,13 +17,14 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ..hub import LinkFacts
 from ..ids import parse_id
 from ..link import protocol
 from ..live.controller import LiveRefused
 from ..live.ingest import LIVE
 from ..live.pull import LIVE_PATH
 from ..services import SERVICES
-from .hub import COMMAND_PATH, ClusterHub
+from .hub import COMMAND_PATH, FACTS_PATH, ClusterHub
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,26 @@ async def command(request: web.Request) -> web.Response:
     if not valid:
         return _refuse(400, "expected {gather_id, action, data, timeout}")
     return web.json_response(await hub.forwarded(gather_id, action, data, timeout))
+
+
+async def facts(request: web.Request) -> web.Response:
+    """What this node's links to these gatherers tell (``Hub.facts``), for another node."""
+    if not _from_a_node(request):
+        return _refuse(401, "node-to-node requests need the cluster secret")
+    try:
+        body: Any = json.loads(await request.content.read(MAX_BODY + 1))
+        gather_ids = body["gather_ids"]
+        valid = isinstance(gather_ids, list) and len(gather_ids) <= 100_000 and all(
+            type(gather_id) is int for gather_id in gather_ids)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        valid = False
+    if not valid:
+        return _refuse(400, "expected {gather_ids: [...]}")
+    hub = request.app[SERVICES].hub
+    here = {gather_id: LinkFacts.of(link) for gather_id in gather_ids
+            if (link := hub.link(gather_id)) is not None}
+    return web.json_response({"facts": {str(gather_id): value.to_json()
+                                        for gather_id, value in here.items()}})
 
 
 async def live_link(request: web.Request) -> web.StreamResponse:
@@ -128,4 +149,5 @@ async def live_link(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post(COMMAND_PATH, command)
+    app.router.add_post(FACTS_PATH, facts)
     app.router.add_get(LIVE_PATH, live_link)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..link import protocol
@@ -59,6 +60,30 @@ class AgentLink(Protocol):
     async def close(self, reason: str, code: int = 4000) -> None:
         """End the link (a newer one replaced it, or the relay is stopping)."""
         ...
+
+
+@dataclass(frozen=True)
+class LinkFacts:
+    """What a gatherer's live link tells, wherever it is held (the console and the API show it)."""
+
+    peer: str
+    version: str
+    since: float
+    #: The agent's last recording report per camera (recording, spool_bytes, upload_error).
+    recordings: dict[int, dict[str, Any]]
+
+    @classmethod
+    def of(cls, link: AgentLink) -> LinkFacts:
+        return cls(link.peer, link.version, link.since, dict(link.recordings))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"peer": self.peer, "version": self.version, "since": self.since,
+                "recordings": {str(camera): report for camera, report in self.recordings.items()}}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> LinkFacts:
+        return cls(str(value["peer"]), str(value["version"]), float(value["since"]),
+                   {int(camera): dict(report) for camera, report in value["recordings"].items()})
 
 
 class Hub(ABC):
@@ -116,11 +141,17 @@ class Hub(ABC):
         """What a request to another node carries to prove it comes from the cluster."""
         return {}
 
-    def recording(self, gather_id: int, camera_id: int) -> dict[str, Any] | None:
-        """What the gatherer's agent last said of the camera's recording (None: not linked here,
-        or it has said nothing yet)."""
-        link = self.link(gather_id)
-        return link.recordings.get(camera_id) if link is not None else None
+    async def facts(self, gather_ids: list[int]) -> dict[int, LinkFacts]:
+        """What the live links of these gatherers tell, wherever they are held; a gatherer that
+        no node holds (or whose node does not answer) is left out."""
+        return {gather_id: LinkFacts.of(link) for gather_id in gather_ids
+                if (link := self.link(gather_id)) is not None}
+
+    async def recording(self, gather_id: int, camera_id: int) -> dict[str, Any] | None:
+        """What the gatherer's agent last said of the camera's recording (None: offline, or it
+        has said nothing yet)."""
+        facts = (await self.facts([gather_id])).get(gather_id)
+        return facts.recordings.get(camera_id) if facts is not None else None
 
     @abstractmethod
     async def send(self, gather_id: int, action: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -181,5 +212,5 @@ class Hub(ABC):
 
 from .local import LocalHub  # noqa: E402  (it builds on the above)
 
-__all__ = ["FAILED", "OFFLINE", "TIMEOUT", "TRANSMIT_MESSAGES", "AgentLink", "Hub", "LocalHub",
-           "transmit"]
+__all__ = ["FAILED", "OFFLINE", "TIMEOUT", "TRANSMIT_MESSAGES", "AgentLink", "Hub", "LinkFacts",
+           "LocalHub", "transmit"]
