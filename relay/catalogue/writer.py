@@ -91,8 +91,10 @@ class _Plan:
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(statement: Executable, dialect: Dialect) -> _Plan:
-    """(By the statement's identity: build ``run_one``'s statements once, as module constants.)"""
+def compiled(statement: Executable, dialect: Dialect) -> _Plan:
+    """The statement's SQL for ``dialect`` and its arguments' order, compiled once (by the
+    statement's identity: build ``run_one``'s statements once, as module constants). Also used
+    for PostgreSQL's one-statement writes (database.py)."""
     compiled: Any = statement.compile(dialect=dialect)
     binds = [compiled.binds[name] for name in compiled.positiontup or ()]
     return _Plan(compiled.string, tuple(
@@ -251,7 +253,13 @@ class SQLiteWriter:
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise _wrapped("BEGIN IMMEDIATE", exc) from exc
-        await self._in_thread(_begin_waiting, connection)
+        try:
+            await self._in_thread(_begin_waiting, connection)
+        except BaseException:  # (cancelled while the thread got the lock: give it back)
+            if raw.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    raw.execute("ROLLBACK")
+            raise
 
     def _end(self, connection: Connection, commit: bool) -> None:
         raw = connection.connection.driver_connection
@@ -293,7 +301,7 @@ class SQLiteWriter:
         once it is committed with the others of this turn, or its own error."""
         if self._closed:
             raise RuntimeError("the catalogue is closed")
-        plan = _plan(statement, self._engine.dialect)
+        plan = compiled(statement, self._engine.dialect)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._queue.append((plan, plan.values(params), future))
