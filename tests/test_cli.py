@@ -8,6 +8,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import RELAY, eventually, start_relay, stop_relay
 
 
@@ -171,3 +172,26 @@ def test_every_setting_is_described_in_serve_and_demo_help():
             entry = f"{help_text} (RELAY_{field.name.upper()}; default: {shown})"
             assert f"{flag} {field.name.upper()} {entry}" in text, (command, flag, entry)
         assert "default: 0)" in text and "RELAY_RECORD_KEEP_DAYS; default: 0" in text
+
+
+def test_cluster_settings_are_checked(tmp_path: Path):
+    """A cluster node's settings: a Redis URL (never echoed: it may hold a password), a prefix of
+    plain characters, and a URL the other nodes can reach when it listens on every address."""
+    from relay.config import ConfigError, load_settings
+
+    secret = "redis://:hunter2-secret@cache:6379/0"
+    assert load_settings({"redis_url": secret}, environ={}).redis_url == secret
+    with pytest.raises(ConfigError) as bad:
+        load_settings({"redis_url": "http://:hunter2-secret@cache"}, environ={})
+    assert "redis_url" in str(bad.value) and "hunter2" not in str(bad.value)
+    with pytest.raises(ConfigError, match="node_url"):
+        load_settings({"redis_url": "redis://cache", "listen": "0.0.0.0:8080"}, environ={})
+    assert load_settings({"redis_url": "redis://cache", "listen": "0.0.0.0:8080",
+                          "node_url": "http://10.0.0.7:8080/"}, environ={}).own_url == \
+        "http://10.0.0.7:8080"
+    with pytest.raises(ConfigError, match="redis_prefix"):
+        load_settings({"redis_url": "redis://cache", "redis_prefix": "a:b*"}, environ={})
+    shown = relay("serve", "--data", str(tmp_path / "d"), "--redis-url", "ftp://:hunter2@x",
+                  check=False)
+    assert shown.returncode == 1 and "hunter2" not in shown.stderr + shown.stdout
+    assert "Traceback" not in shown.stderr

@@ -131,6 +131,14 @@ def test_node_to_node_requests_need_the_cluster_secret(cluster: Cluster) -> None
     assert post({})[0] == 401
     assert post({"Authorization": "Bearer " + "0" * 64})[0] == 401
     assert post({"Authorization": "Basic eDp5"})[0] == 401
+    assert post({"Authorization": "Bearer ünïcode"})[0] == 401
+    for path in ("/cluster/v1/facts", "/cluster/v1/live/1"):  # the other node-to-node doors
+        request = urllib.request.Request(cluster.node(0).base_url + path, b"{}",
+                                         {"Authorization": "Bearer nope"},
+                                         method="POST" if path.endswith("facts") else "GET")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 401
     secret = read_secret(cluster)
     good = {"Authorization": f"Bearer {secret}"}
     assert post(good) == (200, {"moved": True})  # nobody holds gatherer 1 here
@@ -142,6 +150,12 @@ def test_node_to_node_requests_need_the_cluster_secret(cluster: Cluster) -> None
                             "timeout": "NaN"}).encode()):
         status, answer = post(good, bad)
         assert status == 400 and "expected" in answer["err_msg"], (bad, status, answer)
+    facts_url = cluster.node(0).base_url + "/cluster/v1/facts"
+    assert post_json(facts_url, {"gather_ids": [1, 2]}, secret) == {"facts": {}}
+    for bad in ({"gather_ids": "1"}, {"gather_ids": [1.5]}, {}, {"gather_ids": [True]}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post_json(facts_url, bad, secret)
+        assert refused.value.code == 400
 
 
 def test_a_killed_node_s_gatherers_go_offline_and_come_back(cluster: Cluster) -> None:
