@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -254,3 +255,23 @@ def test_an_agent_given_every_node_fails_over_within_5_s(cluster: Cluster) -> No
     assert agent.state()["state"]["gather"]["name_set"] == f"via {living[-1]}"
     assert online_on_every_node(cluster, 1)
     assert "trying relay node" in agent.log()
+
+
+def test_a_node_silent_past_its_lease_cannot_keep_a_stale_claim(cluster: Cluster) -> None:
+    """SIGSTOP the agent's node past its lease: the others take its gatherer offline; SIGCONT:
+    it finds its lease lapsed and relinks the agent, which is online again everywhere."""
+    cluster.start_agent(cluster.node(1).base_url, cluster.agent_key())
+    eventually(lambda: online_on_every_node(cluster, 1), timeout=20)
+    gather_id = cluster.api(0).gatherers()[0]["gather_id"]
+    frozen = cluster.node(1).process
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        eventually(lambda: [row["status"] for row in cluster.api(0).gatherers()] == [0],
+                   timeout=LEASE * 3)
+        assert cluster.api(2).call("mod_gather", gather_id=gather_id, name_set="x")[
+            "transmit"]["err_code"] == 10002
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    eventually(lambda: online_on_every_node(cluster, 1), timeout=15)
+    ok(cluster.api(0).call("mod_gather", gather_id=gather_id, name_set="back")["transmit"])
+    assert "taken offline while this node was silent" in cluster.stop_node(1)

@@ -41,6 +41,7 @@ import aiohttp
 from redis.exceptions import RedisError
 
 from ..catalogue import Catalogue
+from ..catalogue.errors import DATABASE_DOWN
 from ..hub import FAILED, OFFLINE, TIMEOUT, AgentLink, LinkFacts, LocalHub, transmit
 from ..metrics import Metrics
 from ..throttle import FAILURE_WINDOW, MAX_FAILURES
@@ -311,12 +312,26 @@ class ClusterHub(LocalHub):
             log.warning("cluster node %s: its lease had lapsed (Redis restarted, or this node "
                         "was silent too long); claiming its %d links again", self.node,
                         len(self._links))
-        self._had_lease = True
+        lapsed, self._had_lease = self._had_lease, True
         for link in list(self._links.values()):
             claimed, other = await self.ownership.claim(link.gather_id, self.node, link.epoch)
             if not claimed and self.detach_here(link):
                 log.info("gatherer %d: a newer connection is on node %s", link.gather_id, other)
                 await link.close("a newer connection for this gatherer is on another node")
+        if lapsed:
+            await self._relink_swept()
+
+    async def _relink_swept(self) -> None:
+        """Links the sweep took for dead while this node's lease had lapsed (the catalogue shows
+        them offline, their cameras too) are closed: each agent links again at once and its
+        registration makes the catalogue right."""
+        online = dict(await self._catalogue.gatherers.online_links())
+        for link in list(self._links.values()):
+            if online.get(link.gather_id) != link.epoch and self.detach_here(link):
+                await self.ownership.release(link.gather_id, self.node, link.epoch)
+                log.info("gatherer %d was taken offline while this node was silent; relinking it",
+                         link.gather_id)
+                await link.close("relink: this node was taken for dead", code=1012)
 
     async def _chores(self) -> None:
         period = self.lease / 3
@@ -330,8 +345,9 @@ class ClusterHub(LocalHub):
                 await self._reconcile()
                 if await self.ownership.take_turn("sweep", self.node, 2 * period):
                     await self._sweep()
-            except (RedisError, OSError) as exc:
-                log.debug("cluster chores wait for Redis (%s)", exc.__class__.__name__)
+            except (RedisError, OSError, *DATABASE_DOWN) as exc:
+                log.debug("cluster chores wait for Redis or the catalogue (%s)",
+                          exc.__class__.__name__)
             except Exception:
                 log.exception("cluster chores")
 
