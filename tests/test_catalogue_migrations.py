@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from relay.catalogue import Catalogue
-from relay.catalogue.schema import SCHEMA_VERSION
+from relay.catalogue.schema import SCHEMA_VERSION, accounts
 
 V1_DUMP = Path(__file__).parent / "data" / "catalogue-v1.sql"
 
@@ -92,31 +92,27 @@ async def test_a_version_1_catalogue_is_upgraded_with_nothing_lost(tmp_path: Pat
     assert rows(path, "SELECT count(*) FROM gatherers") == [(2,)]
 
 
-async def test_ids_are_never_reused(tmp_path: Path):
-    catalogue = await Catalogue.open(f"sqlite+aiosqlite:///{tmp_path / 'relay.sqlite3'}")
-    try:
-        key = await catalogue.agent_keys.add("site", max_gatherers=5)
-        [record] = await catalogue.agent_keys.list()
-        gather_id = await catalogue.gatherers.register("02:00:00:00:00:01", key_id=record.key_id)
-        assert key.startswith("rk_")
-        fields = {"camera_name": "a", "stream_prop": 1, "stream_mp4": "/v/a.mp4"}
-        first = (await catalogue.cameras.add(gather_id, fields))["camera_id"]
-        await catalogue.cameras.delete([first])
-        second = (await catalogue.cameras.add(gather_id, fields))["camera_id"]
-        assert second > first
-        course = await catalogue.courses.add(camera_id=second, week_id=1, start_sec=0,
-                                             elapse_sec=60)
-        await catalogue.courses.delete([course["course_id"]])
-        assert (await catalogue.courses.add(camera_id=second, week_id=1, start_sec=0,
-                                            elapse_sec=60))["course_id"] > course["course_id"]
-        account = await catalogue.accounts.add("someone", "long enough", False)
-        async with catalogue.db.write() as conn:
-            await conn.exec_driver_sql("DELETE FROM accounts WHERE account_id = ?",
-                                       (account.account_id,))
-        assert (await catalogue.accounts.add("someone", "long enough", False)).account_id > (
-            account.account_id)
-    finally:
-        await catalogue.close()
+async def test_ids_are_never_reused(catalogue: Catalogue):
+    """On SQLite and PostgreSQL (``catalogue`` fixture)."""
+    key = await catalogue.agent_keys.add("site", max_gatherers=5)
+    [record] = await catalogue.agent_keys.list()
+    gather_id = await catalogue.gatherers.register("02:00:00:00:00:01", key_id=record.key_id)
+    assert key.startswith("rk_")
+    fields = {"camera_name": "a", "stream_prop": 1, "stream_mp4": "/v/a.mp4"}
+    first = (await catalogue.cameras.add(gather_id, fields))["camera_id"]
+    await catalogue.cameras.delete([first])
+    second = (await catalogue.cameras.add(gather_id, fields))["camera_id"]
+    assert second > first
+    course = await catalogue.courses.add(camera_id=second, week_id=1, start_sec=0,
+                                         elapse_sec=60)
+    await catalogue.courses.delete([course["course_id"]])
+    assert (await catalogue.courses.add(camera_id=second, week_id=1, start_sec=0,
+                                        elapse_sec=60))["course_id"] > course["course_id"]
+    account = await catalogue.accounts.add("someone", "long enough", False)
+    async with catalogue.db.write() as conn:
+        await conn.execute(accounts.delete().where(accounts.c.account_id == account.account_id))
+    assert (await catalogue.accounts.add("someone", "long enough", False)).account_id > (
+        account.account_id)
 
 
 # Schema 2 → 3. ``data/catalogue-v2.sql`` (SQLite) and ``data/catalogue-v2.pg.sql`` (pg_dump

@@ -24,7 +24,13 @@ lock happens to be free:
   (``_drop_closed``: what a PostgreSQL restart does) instead of that ping.
 
 Reads use the engine's pool on both (SQLite in WAL mode: a reader never waits for a writer and sees
-every committed write). The hot rows of the request path are answered from memory (``cache.py``).
+every committed write), except ``lookup``, the request path's point reads by key (a camera for
+get_camera_status, a camera's courses, a key's gatherers): on SQLite in the loop's thread on a
+read-only connection of their own (through aiosqlite such a read took ~1 ms of the relay's CPU:
+get_camera_status fell from 13,900 to 1,040 calls/s without it, bench/RESULTS.md), on PostgreSQL
+on the asyncpg pool; a read that cannot run there at once (SQLite busy in WAL recovery) goes
+through the engine, which for a read changes no order. The hot rows of the request path are
+answered from memory (``cache.py``).
 Schema creation and upgrades at ``open`` run before any other work, through the engine's migration
 steps on PostgreSQL and SQLite alike (``migrations.py``).
 """
@@ -34,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -92,6 +99,37 @@ async def _keep_session(_connection: Any) -> None:
     statements here change no session state, so there is nothing to reset."""
 
 
+class _SQLiteReads:
+    """``lookup`` on a SQLite file: one connection in the loop's thread, no busy timeout (it never
+    waits), read-only; each SELECT is its own read transaction (the latest commit)."""
+
+    def __init__(self, path: str, dialect: Any) -> None:
+        self._path = path
+        self._dialect = dialect
+        self._connection: sqlite3.Connection | None = None
+
+    def fetch(self, statement: Executable, params: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The rows, or None when it cannot run here at once."""
+        plan = compiled(statement, self._dialect)
+        values = plan.values(params)
+        try:
+            if self._connection is None:
+                self._connection = sqlite3.connect(self._path, timeout=0, isolation_level=None,
+                                                   check_same_thread=False)
+                self._connection.execute("PRAGMA query_only=ON")
+            cursor = self._connection.execute(plan.sql, values)
+            names = plan.columns or tuple(column[0] for column in cursor.description)
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        except sqlite3.Error as exc:
+            log.debug("point read through the engine (%s)", exc.__class__.__name__)
+            return None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
 class _PostgresStatements:
     """One-statement writes on PostgreSQL: an asyncpg pool of their own (opened on first use,
     connections PostgreSQL closed replaced by asyncpg at acquire), each statement compiled once by
@@ -102,6 +140,13 @@ class _PostgresStatements:
         self._dialect = dialect
         self._pool: Any = None
         self._opening: asyncio.Lock | None = None
+
+    async def fetch(self, statement: Executable, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """A point read's rows as dicts (by the statement's column keys, as the engine gives)."""
+        plan = compiled(statement, self._dialect)
+        rows = await self.run(statement, params)
+        return [dict(zip(plan.columns or tuple(row.keys()), tuple(row), strict=True))
+                for row in rows]
 
     async def run(self, statement: Executable, params: dict[str, Any]) -> list[Any]:
         import asyncpg
@@ -146,6 +191,8 @@ class Database:
         self._writer = SQLiteWriter(sqlite_path) if sqlite_path is not None else None
         self._statements = (_PostgresStatements(url, engine.dialect)
                             if self.dialect == "postgresql" else None)
+        self._reads = (_SQLiteReads(sqlite_path, self._writer.dialect)
+                       if self._writer is not None and sqlite_path is not None else None)
 
     @classmethod
     async def open(cls, url: str, create: bool = True) -> Database:
@@ -187,6 +234,8 @@ class Database:
             await self._writer.close()  # (waits for the writes already asked for)
         if self._statements is not None:
             await self._statements.close()
+        if self._reads is not None:
+            self._reads.close()
         await self.engine.dispose()
 
     @property
@@ -195,7 +244,15 @@ class Database:
         return self._writer.transactions if self._writer is not None else 0
 
     async def lookup(self, statement: Executable, **params: Any) -> list[dict[str, Any]]:
-        """The rows of a small read (by primary key or unique index, never a scan), as dicts."""
+        """The rows of a small read (by primary key or unique index, never a scan), as dicts.
+        ``statement`` must be built once (a module constant with ``bindparam``s): its compiled
+        form is cached by identity."""
+        if self._reads is not None:
+            rows = self._reads.fetch(statement, params)
+            if rows is not None:
+                return rows
+        elif self._statements is not None:
+            return await self._statements.fetch(statement, params)
         async with self.read() as conn:
             return [dict(row._mapping) for row in await conn.execute(statement, params)]
 

@@ -80,6 +80,7 @@ class _Plan:
 
     sql: str
     arguments: tuple[tuple[str, Any], ...]  # (parameter name, value when the caller gives none)
+    columns: tuple[str, ...] | None = None  # a SELECT's columns, by their keys
 
     def values(self, params: dict[str, Any]) -> list[Any]:
         values = [params.get(name, fixed) for name, fixed in self.arguments]
@@ -97,8 +98,10 @@ def compiled(statement: Executable, dialect: Dialect) -> _Plan:
     for PostgreSQL's one-statement writes (database.py)."""
     compiled: Any = statement.compile(dialect=dialect)
     binds = [compiled.binds[name] for name in compiled.positiontup or ()]
+    selected = getattr(statement, "selected_columns", None)
     return _Plan(compiled.string, tuple(
-        (bind.key, _REQUIRED if bind.required else bind.effective_value) for bind in binds))
+        (bind.key, _REQUIRED if bind.required else bind.effective_value) for bind in binds),
+        tuple(selected.keys()) if selected is not None else None)
 
 
 class WriteGate:
