@@ -215,3 +215,124 @@ def start_cluster(tmp: Path, nodes: int, *args: str, database_port: int = 5432) 
 def drop_cluster_database(cluster: Cluster) -> None:
     name = cluster.database_url.rsplit("/", 1)[1]
     asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# -- the balancer (deploy/haproxy.cfg) in front of a cluster's nodes --------------------------
+
+BALANCER_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg"
+
+#: Global statements of the shipped config that need root or the machine's own paths.
+_ROOT_ONLY = ("chroot ", "user ", "group ", "daemon", "stats socket ", "stats timeout ", "log ")
+
+
+def render_balancer_config(source: str, port: int, stats_port: int, nodes: list[int]) -> str:
+    """The shipped HAProxy config for a test: its frontend on 127.0.0.1:``port``, its stats page
+    on ``stats_port``, one ``server`` line per node port in each backend (with the shipped lines'
+    options), without the global lines that need root; logs to stderr. Fails loudly when the
+    shipped file no longer has the lines it replaces."""
+    import re
+
+    out: list[str] = []
+    section = ""
+    replaced: dict[str, int] = {}
+    for line in source.splitlines():
+        word = line.strip()
+        if line and not line[0].isspace() and not line.startswith("#"):
+            section = word
+            out.append(line)
+            if word == "global":
+                out += ["    log stderr format raw local0 info", "    maxconn 4096"]
+            continue
+        if section == "global" and (word.startswith(_ROOT_ONLY) or word.startswith("maxconn ")):
+            continue
+        if word.startswith("maxconn "):
+            out.append("    maxconn 4096")  # a test's file limit, not a production one's
+            continue
+        if word.startswith("bind "):
+            bound = {"frontend relay": port, "listen stats": stats_port}[section]
+            if replaced.get(f"{section} bind"):
+                continue  # one address per section in a test
+            out.append(f"    bind 127.0.0.1:{bound}")
+            replaced[f"{section} bind"] = 1
+            continue
+        if word.startswith("server "):
+            if replaced.get(f"{section} server"):
+                continue
+            options = " ".join(word.split()[3:])  # "check", or "track relay_ready/node1"
+            out += [f"    server node{index} 127.0.0.1:{node} "
+                    + re.sub(r"\b(\w+)/node\w+", rf"\1/node{index}", options)
+                    for index, node in enumerate(nodes)]
+            replaced[f"{section} server"] = 1
+            continue
+        out.append(line)
+    wanted = {"frontend relay bind", "listen stats bind", "backend relay_ready server",
+              "backend relay_uploads server", "backend relay_live server",
+              "backend relay_up server"}
+    assert wanted <= set(replaced), f"{BALANCER_CONFIG} changed shape: {sorted(replaced)}"
+    return "\n".join(out) + "\n"
+
+
+class Balancer:
+    """``haproxy -db`` with deploy/haproxy.cfg in front of a cluster's nodes, on 127.0.0.1."""
+
+    def __init__(self, directory: Path, nodes: list[int]) -> None:
+        self.directory = directory
+        self.nodes = list(nodes)
+        self.port = free_port()
+        self.stats_port = free_port()
+        self.config = directory / "haproxy.cfg"
+        self.log_path = directory / "haproxy.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15) -> None:
+        """Start it and wait until every node is up in it (its checks passed)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(render_balancer_config(
+            BALANCER_CONFIG.read_text(), self.port, self.stats_port, self.nodes))
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([haproxy, "-f", str(self.config), "-db"],
+                                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"haproxy ended ({self.process.returncode}):\n{self.log()}")
+            try:
+                states = self.states()
+                if len(states) == len(self.nodes) and set(states.values()) == {"UP"}:
+                    with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
+                        if response.status == 200:
+                            return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"haproxy did not answer within {timeout} s:\n{self.log()}")
+
+    def states(self, backend: str = "relay_ready") -> dict[str, str]:
+        """Each node's check state in ``backend`` (UP, DOWN, ...), from the stats page's CSV."""
+        import csv
+
+        url = f"http://127.0.0.1:{self.stats_port}/;csv"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            rows = csv.DictReader(response.read().decode().lstrip("# ").splitlines())
+            return {row["svname"]: row["status"].split()[0] for row in rows
+                    if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> str:
+        """End it by its PID; what it logged."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        return self.log()
