@@ -45,6 +45,7 @@ class Settings:
     redis_url: str = ""
     redis_prefix: str = "relay"
     node_lease: float = 6.0
+    trusted_proxies: str = ""
     ice_deadline: float = 20.0
     play_ticket_ttl: int = 600
     session_ttl: int = 12 * 3600
@@ -140,6 +141,8 @@ HELP = {
                  "node alone. Needs node_url (or a listen address other nodes can reach)",
     "redis_prefix": "prefix of this cluster's Redis keys (clusters sharing one Redis differ in it)",
     "node_lease": "a node silent this long is dead: its gatherers go offline, seconds",
+    "trusted_proxies": "comma list of the balancers' addresses or networks whose X-Forwarded-For "
+                       "names the client (sign-in counts, logs); empty = believe no one",
     "ice_ports": "FIRST-LAST: the UDP ports WebRTC host candidates bind (publish them from a "
                  "container, see docs/DOCKER.md); one port per viewer; empty = any port",
     "ice_deadline": "a WebRTC viewer whose ICE has not connected by then is closed, seconds",
@@ -226,6 +229,13 @@ def _validate(settings: Settings) -> Settings:
         if not settings.redis_prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"setting 'redis_prefix': {settings.redis_prefix!r} is not letters, "
                               "digits, - and _")
+    if settings.trusted_proxies:
+        from .forwarded import parse_networks
+
+        try:
+            parse_networks(settings.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"setting 'trusted_proxies': {exc}") from exc
     if settings.timezone:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 

@@ -38,6 +38,8 @@ from typing import Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from .forwarded import client_of
+
 #: Names whose values grant something; a name may also carry a ``…_`` prefix (``device_pass``,
 #: ``relay_session``, ``access_token``, ``agent_key``).
 SECRET_NAMES = ("token", "ticket", "session", "sessionid", "push_id", "unionid", "credential",
@@ -213,8 +215,8 @@ class AccessLogger(AbstractAccessLogger):
         if not self.logger.isEnabledFor(logging.INFO):  # skip the redaction work too
             return
         self.logger.info(Redacted(  # so the filter need not scan it again
-            f"{request.remote} {request.method} {redact_url(request.raw_path)} {response.status} "
-            f"{time * 1000:.1f}ms"))
+            f"{client_of(request) or request.remote} {request.method} "
+            f"{redact_url(request.raw_path)} {response.status} {time * 1000:.1f}ms"))
 
 
 def _log_uncaught(kind: str, exc_type: type[BaseException], exc: BaseException | None,

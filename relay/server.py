@@ -18,12 +18,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import admin, api, cluster, ops, player
+from . import admin, api, cluster, forwarded, ops, player
 from .catalogue import Catalogue
 from .catalogue.errors import DATABASE_DOWN
 from .cluster import ClusterHub, cluster_secret
 from .config import ConfigError, Settings
 from .connections import GuardedRunner
+from .forwarded import parse_networks
 from .hub import Hub, LocalHub
 from .link import endpoint as link_endpoint
 from .live import setup_live
@@ -106,7 +107,9 @@ def _hub(settings: Settings, catalogue: Catalogue, metrics: Metrics, signing_key
 
 
 def build_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024)
+    forwarded.trust(parse_networks(services.settings.trusted_proxies))
+    app = web.Application(middlewares=[forwarded.real_client, json_errors],
+                          client_max_size=64 * 1024)
     app[SERVICES] = services
     api.add_routes(app)
     admin.add_routes(app)

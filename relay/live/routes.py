@@ -39,6 +39,7 @@ from .webrtc import SdpError, answer_offer
 log = logging.getLogger(__name__)
 
 _HEADERS = {"Cache-Control": "no-store"}
+SESSION_HEADER = "X-Relay-Session"
 
 
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -114,12 +115,16 @@ async def open_session(request: web.Request) -> web.Response:
             raise Refused(refusal.status, str(refusal)) from None
         raise Refused(409, str(refusal), state="offline") from None
     settings = services.settings
-    return _json({
+    answer = _json({
         "session": viewer.viewer_id,
         "heartbeat": settings.live_heartbeat,
         "fallback_after": settings.webrtc_fallback_after,
         "ticket": _renewed_ticket(request, camera),
     })
+    # A balancer in front of several nodes learns from it which node holds the session, and
+    # sends the session's later calls (``?session=``) there (deploy/haproxy.cfg: stick-table).
+    answer.headers[SESSION_HEADER] = viewer.viewer_id
+    return answer
 
 
 async def _attach(controller: LiveController, viewer: Viewer, kind: str,
