@@ -19,12 +19,13 @@ Invalidation:
   lost; while it is not connected the cache answers nothing from memory (every read goes to the
   database).
 - Other processes on SQLite (``relay user``, ``relay agent-key`` run beside a server on the same
-  file) cannot notify: the expiry covers them. A password changed by ``relay user passwd`` is
+  file) cannot notify: the expiry covers them. A password changed by ``relay user password`` is
   checked against the database at every sign-in (never cached) and ends the account's console
   sessions at once; a credential rotated, or admin rights changed, reach a running server's token
   checks within ``EXPIRY_SECONDS``; an agent key revoked by ``relay agent-key revoke`` is refused
   to new logins within ``EXPIRY_SECONDS``, and its links are closed at the next
-  ``agent_key_recheck`` (which reads the database, not this cache).
+  ``agent_key_recheck`` (which reads the database, not this cache). On PostgreSQL those commands
+  notify as a node does, so every node hears of them at once.
 
 A read that began before an invalidation never stores what it read (``RowCache`` keeps a
 generation counter), so a stale row cannot slip in behind the write that replaced it.
