@@ -1,9 +1,9 @@
 """The engine behind the catalogue: connects, creates and versions the schema, hands out transactions.
 
 One write path for every backend: each catalogue method that changes something asks ``Database``
-for a write transaction, either as a function run whole (``run``: the request path's writes) or as
-an ``async with`` body (``write``). Where it goes depends only on the backend, never on whether the
-lock happens to be free:
+for a write transaction, as an ``async with`` body (``write``), a function run whole (``run``) or
+one statement that is a transaction by itself (``run_one``: the request path's, a camera's started
+flag). Where it goes depends only on the backend, never on whether the lock happens to be free:
 
 - SQLite (a file): every write of this process runs on one synchronous connection, in the order
   asked, in the event loop's thread (``writer.py``, which says why, with the measurements: a trip
@@ -19,7 +19,8 @@ lock happens to be free:
   statements straight on its sqlite3 connection. Measured (same machine, one caller): the UPDATE
   through the engine in a transaction took 876 µs (a ``SELECT 1`` pre-ping per checkout ~350 µs,
   BEGIN and COMMIT, SQLAlchemy's adaptation of asyncpg), in autocommit without the ping 292 µs,
-  straight on asyncpg 87 µs; the goal of twice the echo leaves ~100 µs. The engine's pooled
+  straight on asyncpg 87 µs, on that pool 142 µs; the goal of twice the echo leaves ~100 µs
+(missed on PostgreSQL, bench/RESULTS.md). The engine's pooled
   connections are checked before use by asking asyncpg whether it saw the socket close
   (``_drop_closed``: what a PostgreSQL restart does) instead of that ping.
 
