@@ -58,6 +58,10 @@ from .writer import SQLiteWriter, WriterConnection, compiled
 
 log = logging.getLogger(__name__)
 
+#: Seconds to connect to PostgreSQL before a request is answered 503 (a server that does not
+#: answer at all, a cut network): never a request hanging on it.
+CONNECT_TIMEOUT = 5.0
+
 T = TypeVar("T")
 
 
@@ -170,8 +174,12 @@ class _PostgresStatements:
         async with self._opening:
             if self._pool is None:
                 try:
+                    # No floor (min_size 0): asyncpg would keep reconnecting to restore it while
+                    # the database is down, logging a traceback each time. Connections time out
+                    # after CONNECT_TIMEOUT s, never hanging a request on an unreachable server.
                     self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=1, max_size=8, reset=_keep_session)
+                        self._dsn, min_size=0, max_size=8, reset=_keep_session,
+                        timeout=CONNECT_TIMEOUT)
                 except (asyncpg.PostgresError, OSError) as exc:
                     raise OperationalError("connect", None, exc) from exc
         return self._pool
@@ -211,7 +219,8 @@ class Database:
                 raise CatalogueUnavailable(f"no catalogue at {path.resolve()}")
             path.parent.mkdir(parents=True, exist_ok=True)
             sqlite_path = parsed.database
-        engine = create_async_engine(url)
+        engine = create_async_engine(
+            url, **({} if sqlite_path is not None else {"connect_args": {"timeout": CONNECT_TIMEOUT}}))
         if sqlite_path is not None:
             _tune_sqlite(engine)
         else:
