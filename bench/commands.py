@@ -231,6 +231,8 @@ async def agents_role(args: argparse.Namespace) -> None:
         changed.set()
 
     headers = {"Authorization": f"Bearer {args.key}"}
+    #: ``--url A,B,C``: several relay nodes (bench/cluster.py), as ``relay agent --server A,B,C``.
+    urls = args.url.split(",")
 
     def hello_of(index: int) -> dict[str, Any]:
         return {
@@ -274,7 +276,8 @@ async def agents_role(args: argparse.Namespace) -> None:
             for attempt in range(args.attempts):
                 try:
                     ws = await http.ws_connect(
-                        args.url, headers=headers, max_msg_size=MAX_MESSAGE, autoping=True,
+                        urls[index % len(urls)], headers=headers, max_msg_size=MAX_MESSAGE,
+                        autoping=True,
                         timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5),
                     )
                     await ws.send_str(json.dumps(hello))
@@ -303,12 +306,12 @@ async def agents_role(args: argparse.Namespace) -> None:
             if not released:
                 gate.release()
 
-    async def session(http: aiohttp.ClientSession, index: int) -> bool | float:
+    async def session(http: aiohttp.ClientSession, index: int, url: str) -> bool | float:
         """One connection until it ends, as ``Agent._session``: True once welcomed, a 503's
         Retry-After (seconds) when the relay is admitting all it can, else False (a failure)."""
         try:
             ws = await http.ws_connect(
-                args.url, headers=headers, heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE,
+                url, headers=headers, heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5),
             )
         except aiohttp.WSServerHandshakeError as exc:
@@ -355,13 +358,16 @@ async def agents_role(args: argparse.Namespace) -> None:
 
     async def reconnecting(http: aiohttp.ClientSession, index: int) -> None:
         """``Agent.run``'s loop: after each connection, ``backoff(failures)`` with failures reset
-        by a welcome; a 503 waits its Retry-After × uniform(0.9, 1.1) and is not a failure."""
+        by a welcome; a 503 waits its Retry-After × uniform(0.9, 1.1) and is not a failure. With
+        several URLs, as the reference agent: a random first one, the next after each connection
+        that leaves failures above 0."""
         failures = 0
         retry = False
+        turn = random.randrange(len(urls)) if len(urls) > 1 else 0
         while not control["stop"]:
             stats["attempted"] += 1
             stats["retries"] += retry
-            outcome = await session(http, index)
+            outcome = await session(http, index, urls[turn])
             if isinstance(outcome, bool):
                 failures = 0 if outcome else failures + 1
                 delay = backoff(failures)
@@ -369,6 +375,8 @@ async def agents_role(args: argparse.Namespace) -> None:
             else:
                 delay = outcome * random.uniform(0.9, 1.1)
                 retry = True
+            if failures and len(urls) > 1:
+                turn = (turn + 1) % len(urls)
             await asyncio.sleep(delay)
 
     async def launch(http: aiohttp.ClientSession, tasks: set[asyncio.Task[None]]) -> None:
@@ -1621,7 +1629,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     # Child roles (this script runs itself as the simulated agents and the echo server).
     parser.add_argument("--role", choices=("agent", "echo"), help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)  # one URL, or several: A,B,C
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--proc", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)

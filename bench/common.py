@@ -346,3 +346,70 @@ def wrk(processes: Processes, url: str, duration: float, connections: int, threa
     if child.returncode != 0:
         raise RuntimeError(f"wrk failed ({child.returncode}):\n{output}")
     return parse_wrk(output)
+
+
+# --------------------------------------------------------------------------- cluster (bench/cluster.py)
+
+
+def start_redis(processes: Processes, directory: Path, timeout: float = 10.0
+                ) -> tuple[subprocess.Popen[Any], str]:
+    """A redis-server of this bench's own on a free 127.0.0.1 port (no persistence, files in
+    ``directory``), started through ``processes`` so it is stopped by PID; the child and its URL. Never the
+    machine's shared Redis: nothing a bench writes there is anyone else's."""
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    child = processes.start(
+        [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port",
+         str(port), "--save", "", "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {child.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return child, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"redis-server on port {port} did not answer within {timeout:g} s")
+
+
+def metric(base: str, name: str, timeout: float = 30.0) -> float:
+    """One unlabelled value of a relay's ``/metrics`` (NaN when it is not there)."""
+    text = http_get(base + "/metrics", timeout=timeout).decode()
+    match = re.search(rf"^{re.escape(name)}\s+(\S+)", text, re.M)
+    return float(match.group(1)) if match else float("nan")
+
+
+#: Other benches that would share this machine's 2 cores with a measurement (another helper's).
+OTHER_BENCHES = r"bench/(commands|api|live|record)\.py"
+
+
+def wait_for_other_benches(limit: float = 1800.0, interval: float = 10.0) -> float:
+    """Wait while ``pgrep -f OTHER_BENCHES`` finds another bench running (at most ``limit`` s,
+    then measure anyway); the seconds waited. Our own children (``bench/commands.py --role``)
+    do not count."""
+    own = {os.getpid()}
+    waited = 0.0
+    while waited < limit:
+        found = subprocess.run(["pgrep", "-f", OTHER_BENCHES], capture_output=True, text=True)
+        others = []
+        for pid in (int(word) for word in found.stdout.split()):
+            try:
+                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if pid not in own and parent not in own:
+                others.append(pid)
+        if not others:
+            return waited
+        if waited == 0:
+            print(f"bench: another bench is running (PIDs {others}); waiting", flush=True)
+        time.sleep(interval)
+        waited += interval
+    print(f"bench: still another bench after {limit:g} s; measuring anyway", flush=True)
+    return waited
