@@ -28,7 +28,8 @@ a random first URL, the next one after a connection that failed, the reference b
 Retry-After. Once every node's ``relay_agents_connected`` adds up to all of them, the node holding
 the most is SIGKILLed; each of its agents is timed (client clock, from the SIGKILL) until it has a
 welcome again (from another node: the killed one is gone), and the living nodes' ``/metrics`` must
-count all agents again.
+count all agents again. Then, past the dead node's lease and two sweeps (``--online-after``), the
+catalogue (PostgreSQL, read directly) must still show every gatherer online: they are all linked.
 
 Part 3, first decoded frame for a viewer on a non-holder node vs the holder (goal <= +100 ms).
 Two nodes; a real ``relay agent`` linked to node A pushing a PyAV-made MP4 (bench/live.py's busy
@@ -332,6 +333,20 @@ def part_commands(args: argparse.Namespace, processes: Processes, work: Path) ->
 # --------------------------------------------------------------------------- part 2
 
 
+def catalogue_online(database_url: str) -> int:
+    """Gatherers the catalogue shows online (status not 0), read straight from PostgreSQL."""
+    import asyncpg
+
+    async def count() -> int:
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM gatherers WHERE status != 0"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
 def part_failover(args: argparse.Namespace, processes: Processes, work: Path) -> dict[str, Any]:
     state = before_part(f"part 2: {args.agents:,} agents fail over from a SIGKILLed node")
     limits = commands.raise_nofile(args.agents * 3 + 4096)
@@ -387,6 +402,11 @@ def part_failover(args: argparse.Namespace, processes: Processes, work: Path) ->
                 break
         time.sleep(1.0)  # the clients' next progress reports
         back = [moment - killed_at for moment in fleet.back_since(killed_at)]
+        online_before = catalogue_online(group.database_url)
+        # Past the dead node's lease and two sweeps: every linked gatherer must still show online.
+        online_after_s = args.online_after or 2 * args.node_lease + 2
+        time.sleep(max(0.0, killed_at + online_after_s - time.monotonic()))
+        online_after = catalogue_online(group.database_url)
         totals = fleet.totals()
         with contextlib.suppress(OSError, ValueError):
             living_counts = [node.agents() for node in living]
@@ -417,7 +437,9 @@ def part_failover(args: argparse.Namespace, processes: Processes, work: Path) ->
         f"Times from the SIGKILL to each agent's next welcome (the clients' clock). Per node before "
         f"the kill {before} (all connected {connected_s:.1f} s after the release); the living "
         f"nodes' `relay_agents_connected` afterwards {living_counts} (sum {sum(living_counts):,}); "
-        f"links dropped before the kill {dropped_before:,}. "
+        f"links dropped before the kill {dropped_before:,}; gatherers online in the catalogue "
+        f"when all were back {online_before:,}, {online_after_s:g} s after the SIGKILL "
+        f"{online_after:,} (of {args.agents:,}: every agent is linked). "
         f"Clients meanwhile: " + ", ".join(f"{name} {value:,}" for name, value in delta.items()),
     ]
     if stopped:
@@ -426,7 +448,8 @@ def part_failover(args: argparse.Namespace, processes: Processes, work: Path) ->
     lines += problems
     table = "\n".join(lines)
     print("\n" + table + "\n", flush=True)
-    return {"table": table, "ok": not stopped, "goal_met": met, "back_s": back,
+    return {"table": table, "ok": not stopped and online_after == args.agents, "goal_met": met,
+            "back_s": back, "online": [online_before, online_after],
             "expected": expected, "before": before, "after": living_counts}
 
 
@@ -448,6 +471,7 @@ async def first_frames(group: Cluster, camera_id: int, runs: int) -> dict[str, A
     bases = [node.base for node in group.nodes]
     results: dict[tuple[str, str], list[float]] = {}
     played: dict[tuple[str, str], list[str]] = {}
+    marks: dict[tuple[str, str], list[dict[str, Any]]] = {}
     loads = []
 
     def play_url(node: Node) -> str:
@@ -488,10 +512,11 @@ async def first_frames(group: Cluster, camera_id: int, runs: int) -> dict[str, A
                         if round_no:
                             results.setdefault((where, kind), []).append(result.iframe_ms)
                             played.setdefault((where, kind), []).append(result.played)
+                            marks.setdefault((where, kind), []).append(result.marks)
         finally:
             await browser.close()
     await asyncio.to_thread(wait_idle, bases)
-    return {"results": results, "played": played, "loads": loads}
+    return {"results": results, "played": played, "marks": marks, "loads": loads}
 
 
 def part_first_frame(args: argparse.Namespace, processes: Processes, work: Path) -> dict[str, Any]:
@@ -554,6 +579,20 @@ def part_first_frame(args: argparse.Namespace, processes: Processes, work: Path)
             diff = statistics.median(far) - statistics.median(near)
             met_all = met_all and diff <= FIRST_FRAME_GOAL_MS
             lines.append(f"| {kind} | {diff:+.0f} | {'met' if diff <= FIRST_FRAME_GOAL_MS else 'missed'} |")
+    import live
+
+    cases = [(where, kind) for kind in ("cold", "warm") for where in ("holder", "other node")]
+    lines += ["", "Where the time goes (bench/live.py's milestones, median ms from the iframe's "
+              "navigation start):", "",
+              "| milestone | " + " | ".join(f"{kind}, {where}" for where, kind in cases) + " |",
+              "|---|" + "---:|" * len(cases)]
+    for mark, label in live.MILESTONES:
+        cells = []
+        for case in cases:
+            values = [m[mark] for m in part["marks"].get(case, []) if m.get(mark) is not None]
+            cells.append(f"{statistics.median(values):.0f}" if values else "-")
+        if any(cell != "-" for cell in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", *problems]
     table = "\n".join(lines)
     print("\n" + table + "\n", flush=True)
@@ -583,6 +622,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="part 2: seconds between all connected and the SIGKILL (default 3)")
     parser.add_argument("--limit", type=float, default=120,
                         help="part 2: give up waiting after this many seconds (default 120)")
+    parser.add_argument("--online-after", type=float, default=0, metavar="S",
+                        help="part 2: count the catalogue's online gatherers S s after the SIGKILL "
+                        "(default 2 leases + 2 s: past the dead node's lease and two sweeps)")
     parser.add_argument("--ff-runs", type=int, default=8,
                         help="part 3 rounds after the warm-up (default 8)")
     parser.add_argument("--node-lease", type=float, default=6.0,
