@@ -8,7 +8,6 @@ shared one: stopping it is then a test's right, and nothing it writes is anyone 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -18,13 +17,12 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
 
 from conftest import (
     _SESSION,
     POSTGRES,
     AgentProcess,
+    ApiClient,
     RelayProcess,
     free_port,
     run_relay,
@@ -84,25 +82,7 @@ class RedisServer:
         self.process = None
 
 
-class Api:
-    """An API client, as a customer's program would be, on one node (or the balancer)."""
-
-    def __init__(self, base: str, credential: str) -> None:
-        self.base = base
-        self.token = self.get("access_token", unionid=credential)["token"]
-
-    def get(self, name: str, **params: Any) -> dict[str, Any]:
-        url = f"{self.base}/api/v1/{name}?{urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return json.load(response)
-
-    def call(self, name: str, **params: Any) -> dict[str, Any]:
-        answer = self.get(name, token=self.token, **params)
-        assert answer["err_code"] == 0, answer
-        return answer
-
-    def gatherers(self) -> list[dict[str, Any]]:
-        return self.call("list_gather")["data"]
+Api = ApiClient  # (the tests' one API client)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import secrets
@@ -20,10 +21,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -162,6 +165,39 @@ async def _api(tmp_path: Path, aiohttp_client, backend: dict[str, Any]  # type: 
         yield Api(client, services, clock, account.credential, answer["token"])
     finally:
         await client.close()  # the app's cleanup closes the catalogue before its database goes
+
+
+class ApiClient:
+    """An API client over real HTTP, as a customer's program would be (one node, or a balancer)."""
+
+    def __init__(self, base: str, credential: str) -> None:
+        self.base = base
+        self.token = self.get("access_token", unionid=credential)["token"]
+
+    def get(self, name: str, **params: Any) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.base}/api/v1/{name}?{urlencode(params)}",
+                                    timeout=30) as response:
+            return json.load(response)
+
+    def call(self, name: str, **params: Any) -> dict[str, Any]:
+        answer = self.get(name, token=self.token, **params)
+        assert answer["err_code"] == 0, answer
+        return answer
+
+    def gatherers(self) -> list[dict[str, Any]]:
+        return self.call("list_gather")["data"]
+
+    def gatherer(self) -> dict[str, Any]:
+        [row] = self.gatherers()
+        return row
+
+    def status(self, camera_id: int) -> int:
+        return self.call("get_camera_status", camera_id=camera_id)["status"]
+
+    def records(self, camera_id: int) -> list[dict[str, Any]]:
+        """The camera's recordings, oldest id first."""
+        answer = self.call("list_record", camera_id=camera_id, per=100)
+        return sorted(answer["data"], key=lambda row: row["record_id"])
 
 
 def free_port() -> int:

@@ -41,16 +41,22 @@ def gauge(cluster: Cluster, index: int, name: str) -> float:
     return metric(cluster.node(index).base_url, name)
 
 
+def camera_of(cluster: Cluster, via: int) -> int:
+    """A camera on the one gatherer (a PyAV-made file), added through node ``via``, once it is
+    online; the agent must be linked already or soon."""
+    video = make_demo_video(cluster.tmp / "cam.mp4", seconds=4)
+    api = cluster.api(via)
+    eventually(lambda: [g["status"] for g in api.gatherers()] == [1], timeout=20)
+    camera_id = api.call("add_camera", camera_name="hall", gather_id=api.gatherer()["gather_id"],
+                         stream_prop=1, stream_mp4=str(video))["camera_id"]
+    eventually(lambda: api.status(camera_id) == 1, timeout=20)
+    return camera_id
+
+
 async def test_viewers_on_two_other_nodes_share_the_holders_one_push(cluster: Cluster,
                                                                      browser: Browser) -> None:
-    video = make_demo_video(cluster.tmp / "cam.mp4", seconds=4)
     agent = cluster.start_agent(cluster.node(0).base_url, cluster.agent_key())
-    eventually(lambda: [g["status"] for g in cluster.api(1).gatherers()] == [1], timeout=20)
-    gather_id = cluster.api(1).gatherers()[0]["gather_id"]
-    camera_id = cluster.api(2).call("add_camera", camera_name="hall", gather_id=gather_id,
-                                    stream_prop=1, stream_mp4=str(video))["camera_id"]
-    eventually(lambda: cluster.api(1).call("get_camera_status", camera_id=camera_id)["status"]
-               == 1, timeout=20)
+    camera_id = camera_of(cluster, via=2)
     pages = [await embed(browser, play_url(cluster, index, camera_id)) for index in (1, 2, 2)]
     for page in pages:
         state = await decoded(page, timeout=30)
@@ -82,17 +88,11 @@ async def frames(page) -> int:  # type: ignore[no-untyped-def]
 
 async def test_the_holder_killed_both_pages_play_again_without_a_reload(cluster: Cluster,
                                                                        browser: Browser) -> None:
-    video = make_demo_video(cluster.tmp / "cam.mp4", seconds=4)
     servers = ",".join(cluster.node(index).base_url for index in range(3))
     agent = cluster.start_agent(servers, cluster.agent_key())
-    eventually(lambda: [g["status"] for g in cluster.api(0).gatherers()] == [1], timeout=20)
+    camera_id = camera_of(cluster, via=0)
     [holder] = [index for index in range(3) if gauge(cluster, index, "relay_agents_connected")]
     others = [index for index in range(3) if index != holder]
-    gather_id = cluster.api(others[0]).gatherers()[0]["gather_id"]
-    camera_id = cluster.api(others[0]).call("add_camera", camera_name="hall", gather_id=gather_id,
-                                            stream_prop=1, stream_mp4=str(video))["camera_id"]
-    eventually(lambda: cluster.api(others[0]).call("get_camera_status", camera_id=camera_id)[
-        "status"] == 1, timeout=20)
     pages = [await embed(browser, play_url(cluster, index, camera_id)) for index in others]
     for page in pages:
         await decoded(page, timeout=30)
@@ -124,14 +124,8 @@ async def test_the_holder_killed_both_pages_play_again_without_a_reload(cluster:
 
 async def test_redis_gone_for_10_s_the_pages_play_on_and_no_push_is_left(cluster: Cluster,
                                                                          browser: Browser) -> None:
-    video = make_demo_video(cluster.tmp / "cam.mp4", seconds=4)
     cluster.start_agent(cluster.node(0).base_url, cluster.agent_key())
-    eventually(lambda: [g["status"] for g in cluster.api(1).gatherers()] == [1], timeout=20)
-    gather_id = cluster.api(1).gatherers()[0]["gather_id"]
-    camera_id = cluster.api(1).call("add_camera", camera_name="hall", gather_id=gather_id,
-                                    stream_prop=1, stream_mp4=str(video))["camera_id"]
-    eventually(lambda: cluster.api(1).call("get_camera_status", camera_id=camera_id)["status"]
-               == 1, timeout=20)
+    camera_id = camera_of(cluster, via=1)
     pages = [await embed(browser, play_url(cluster, index, camera_id)) for index in (0, 1)]
     for page in pages:
         await decoded(page, timeout=30)

@@ -11,11 +11,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 from conftest import (
     AgentProcess,
+    ApiClient,
     RelayProcess,
     eventually,
     run_relay,
@@ -30,29 +30,7 @@ from relay.agent.demo_video import make_demo_video
 FAST = ("--command-timeout", "3", "--agent-heartbeat", "1", "--agent-key-recheck", "1")
 
 
-class Client:
-    """An API client, as a customer's program would be."""
-
-    def __init__(self, base: str, credential: str) -> None:
-        self.base = base
-        self.token = self.get("access_token", unionid=credential)["token"]
-
-    def get(self, name: str, **params: Any) -> dict[str, Any]:
-        url = f"{self.base}/api/v1/{name}?{urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return json.load(response)
-
-    def call(self, name: str, **params: Any) -> dict[str, Any]:
-        answer = self.get(name, token=self.token, **params)
-        assert answer["err_code"] == 0, answer
-        return answer
-
-    def gatherer(self) -> dict[str, Any]:
-        [row] = self.call("list_gather")["data"]
-        return row
-
-    def status(self, camera_id: int) -> int:
-        return self.call("get_camera_status", camera_id=camera_id)["status"]
+Client = ApiClient  # (the tests' one API client)
 
 
 @dataclass

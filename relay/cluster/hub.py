@@ -363,13 +363,17 @@ class ClusterHub(LocalHub):
                 await link.close("relink to get the whole desired state", code=1012)
         mine = list(self._links.values())
         owners = await self.ownership.owners([link.gather_id for link in mine])
+        reclaimed = False
         for link in mine:
             owner = owners.get(link.gather_id)
-            if owner is None:
-                await self.ownership.claim(link.gather_id, self.node, link.epoch)
+            if owner is None or owner.epoch < link.epoch:  # a claim that never got through
+                claimed, _ = await self.ownership.claim(link.gather_id, self.node, link.epoch)
+                reclaimed |= claimed
             elif owner.node != self.node and owner.epoch > link.epoch:
                 await self._close_if_older(link.gather_id, owner.epoch,
                                            f"replaced by a newer connection on node {owner.node}")
+        if reclaimed:  # the sweep may have taken them for dead meanwhile
+            await self._relink_swept()
 
     async def _sweep(self) -> None:
         online = await self._catalogue.gatherers.online_links()

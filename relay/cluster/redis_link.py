@@ -25,19 +25,24 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-#: Seconds a command (or a connection attempt) may take before it fails.
+#: Seconds a command (or a connection attempt, or the wait for a free one) may take.
 TIMEOUT = 1.0
+#: Connections to Redis per node at most (the pub/sub one among them).
+MAX_CONNECTIONS = 64
 
 Handler = Callable[[str], Awaitable[None]]
 
 
 class RedisLink:
     def __init__(self, url: str, probe: float = 1.0, name: str = "relay") -> None:
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True,
-            health_check_interval=0, retry_on_timeout=False, client_name=name,
-            protocol=2)  # (RESP2: the classic pub/sub framing)
-        self._url = url
+        # A bounded pool whose callers wait (up to TIMEOUT) for a free connection: redis-py's
+        # default pool refuses at once past 100 (MaxConnectionsError), which a reconnect storm of
+        # thousands of agents reached, losing their claims.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=TIMEOUT, socket_timeout=TIMEOUT,
+            socket_connect_timeout=TIMEOUT, decode_responses=True, health_check_interval=0,
+            client_name=name, protocol=2)  # (RESP2: the classic pub/sub framing)
+        self.client = redis.Redis.from_pool(pool)
         self._probe = probe
         self._handlers: dict[str, Handler] = {}
         self._on_return: list[Callable[[], Awaitable[None]]] = []

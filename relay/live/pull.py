@@ -41,12 +41,20 @@ class NodePull:
         self._first_frame = first_frame
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.error = ""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"pull camera {self.camera_id}")
 
     async def close(self) -> None:
+        """End the link for good. The flag, not only the cancellation, ends the loop: a library
+        that turns a cancellation into an error of its own (a Redis client mid-command) would
+        otherwise leave a link running that nobody owns, keeping the holder's push alive."""
+        self._closed = True
+        ws = self._ws
+        if ws is not None:
+            await ws.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -62,8 +70,10 @@ class NodePull:
     async def _run(self) -> None:
         failures = 0
         async with aiohttp.ClientSession(headers=self._headers) as http:
-            while True:
+            while not self._closed:
                 url = await self._holder()
+                if self._closed:
+                    break
                 if url is None:
                     self.error = "采集端离线 · the gatherer is offline"
                 else:
@@ -88,7 +98,7 @@ class NodePull:
             log.info("camera %d: media link to the holding node %s open", self.camera_id, url)
             try:
                 async for message in ws:
-                    if message.type != aiohttp.WSMsgType.BINARY or \
+                    if self._closed or message.type != aiohttp.WSMsgType.BINARY or \
                             len(message.data) <= protocol.MEDIA_HEADER.size:
                         break
                     flags, pts = protocol.MEDIA_HEADER.unpack_from(message.data)
