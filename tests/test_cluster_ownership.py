@@ -116,3 +116,11 @@ async def test_the_redis_link_resubscribes_after_its_connection_is_killed() -> N
     finally:
         await link.stop()
         await admin.aclose()
+
+
+async def test_the_holder_and_its_lease_in_one_answer(ownership: Ownership) -> None:
+    assert await ownership.holder(5) is None
+    await ownership.claim(5, "a", 10)
+    assert await ownership.holder(5) == (Owner("a", 10), None)  # "a" has no lease: dead
+    await ownership.renew("a", {"url": "http://a:1"}, 5)
+    assert await ownership.holder(5) == (Owner("a", 10), {"url": "http://a:1"})

@@ -179,22 +179,21 @@ class ClusterHub(LocalHub):
         if gather_id in self._links:
             return True
         try:
-            owner = await self.ownership.owner(gather_id)
-            return owner is not None and await self.ownership.alive(owner.node) is not None
+            held = await self.ownership.holder(gather_id)
         except (RedisError, OSError):
             return False
+        return held is not None and held[1] is not None
 
     async def holder_url(self, gather_id: int) -> str | None:
         if gather_id in self._links:
             return None
         try:
-            owner = await self.ownership.owner(gather_id)
-            if owner is None or owner.node == self.node:
-                return None
-            about = await self.ownership.alive(owner.node)
+            held = await self.ownership.holder(gather_id)
         except (RedisError, OSError):
             return None
-        return str(about["url"]) if about is not None else None
+        if held is None or held[0].node == self.node or held[1] is None:
+            return None
+        return str(held[1]["url"])
 
     async def facts(self, gather_ids: list[int]) -> dict[int, LinkFacts]:
         facts = await super().facts(gather_ids)
@@ -242,13 +241,13 @@ class ClusterHub(LocalHub):
         deadline = time.monotonic() + self.timeout
         for _ in range(2):  # once more only when the holder had not got it (it moved just then)
             try:
-                owner = await self.ownership.owner(gather_id)
-                about = await self.ownership.alive(owner.node) if owner is not None else None
+                held = await self.ownership.holder(gather_id)  # one round trip
             except (RedisError, OSError) as exc:
                 log.warning("gatherer %d: %s not sent, Redis unreachable (%s)", gather_id,
                             action, exc.__class__.__name__)
                 self._missed.add(gather_id)
                 return transmit(OFFLINE)
+            owner, about = held if held is not None else (None, None)
             if owner is None or about is None or owner.node == self.node:
                 return transmit(OFFLINE)
             answer = await self._forward(str(about["url"]), owner.node, gather_id, action, data,

@@ -52,6 +52,15 @@ return 0
 """
 
 
+# KEYS: gatherer hash. ARGV: lease key prefix. Returns {node, epoch, lease} or {} (no holder);
+# lease is false when the holder's lease has expired.
+_HOLDER = """
+local node = redis.call('HGET', KEYS[1], 'node')
+if not node then return {} end
+return {node, redis.call('HGET', KEYS[1], 'epoch'), redis.call('GET', ARGV[1] .. node)}
+"""
+
+
 @dataclass(frozen=True)
 class Owner:
     node: str
@@ -64,6 +73,7 @@ class Ownership:
         self.prefix = prefix
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._holder = client.register_script(_HOLDER)
 
     def _gatherer(self, gather_id: int) -> str:
         return f"{self.prefix}:gatherer:{gather_id}"
@@ -133,6 +143,16 @@ class Ownership:
     async def owner(self, gather_id: int) -> Owner | None:
         node, epoch = await self._redis.hmget(self._gatherer(gather_id), ["node", "epoch"])
         return Owner(node, int(epoch)) if node and epoch else None
+
+    async def holder(self, gather_id: int) -> tuple[Owner, dict[str, Any] | None] | None:
+        """The gatherer's holder and its node's description while its lease lives (None: dead),
+        in one round trip; None when no node holds it."""
+        answer = await self._holder(keys=[self._gatherer(gather_id)],
+                                    args=[f"{self.prefix}:node:"])
+        if not answer:
+            return None
+        node, epoch, lease = [*answer, None, None][:3]
+        return Owner(node, int(epoch)), json.loads(lease) if lease else None
 
     async def owners(self, gather_ids: list[int]) -> dict[int, Owner]:
         if not gather_ids:
