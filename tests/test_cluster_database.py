@@ -119,3 +119,46 @@ def test_the_database_gone_for_10_s(cluster: Cluster, proxy: Proxy) -> None:
     assert after["transmit"]["err_code"] == 0
     assert {c["camera_name"] for c in agent.state()["state"]["cameras"]} == {"before", "after"}
     assert [g["status"] for g in apis[1].gatherers()] == [1]
+
+
+async def test_presence_kept_through_an_outage_is_written_once_it_is_back(proxy: Proxy) -> None:
+    """Status reports and an ended link that met the outage are written once the database is
+    back, the camera's newest report the one that stays."""
+    import asyncio
+
+    from conftest import fresh_postgres
+
+    from relay.catalogue import Catalogue
+    from relay.catalogue.registrations import Registration
+    from relay.link import presence
+
+    async with fresh_postgres() as url:
+        catalogue = await Catalogue.open(url.replace(":5432/", f":{proxy.port}/"))
+        seen = await Catalogue.open(url)  # straight to the server: what is really written
+        try:
+            [(one, _), (two, _)] = await catalogue.gatherers.register_many([
+                Registration("02:00:00:00:d0:01", None, epoch=10),
+                Registration("02:00:00:00:d0:02", None, epoch=10)])
+            camera = (await catalogue.cameras.add(one, {"camera_name": "c", "stream_prop": 1,
+                                                         "stream_mp4": "/x.mp4"}))["camera_id"]
+            writer = presence.Presence(catalogue)
+            await writer.camera_status(one, camera, 1, "")  # written
+            assert (await seen.cameras.get(camera))["status"] == 1
+            proxy.stop()
+            await writer.camera_status(one, camera, 0, "gone")  # kept
+            await writer.gatherer_offline(two, 10)  # kept
+            await writer.camera_status(one, camera, -1, "")  # newer, kept over it
+            proxy.start()
+            for _ in range(50):
+                await asyncio.sleep(0.2)
+                row, gone = await seen.cameras.get(camera), await seen.gatherers.get(two)
+                if row["status"] != 1 and gone["status"] == 0:
+                    break
+            assert (row["status"], gone["status"]) == (-1, 0)
+            assert (await seen.gatherers.get(one))["status"] == 1
+            await writer.close()
+        finally:
+            if proxy.process is None or proxy.process.poll() is not None:
+                proxy.start()
+            await catalogue.close()
+            await seen.close()

@@ -35,11 +35,15 @@ class Presence:
                                                                 self._write_offline)
         self._kept_statuses: dict[tuple[int, int], Report] = {}  # the latest, per camera
         self._kept_offline: list[tuple[int, int]] = []
+        self._reported: dict[tuple[int, int], Report] = {}  # the last report per camera
         self._retry: asyncio.Task[None] | None = None
 
     async def camera_status(self, gather_id: int, camera_id: int, status: int, err_msg: str
                             ) -> None:
-        await self._statuses.submit((gather_id, camera_id, status, err_msg))
+        report = (gather_id, camera_id, status, err_msg)
+        if self._kept_statuses:  # (only while an outage keeps some back: bounded by cameras)
+            self._reported[(gather_id, camera_id)] = report
+        await self._statuses.submit(report)
 
     async def gatherer_offline(self, gather_id: int, epoch: int) -> None:
         """The link of ``epoch`` to the gatherer has ended."""
@@ -54,13 +58,18 @@ class Presence:
     async def _write_kept(self) -> None:
         while self._kept_statuses or self._kept_offline:
             await asyncio.sleep(RETRY)
-            statuses, self._kept_statuses = list(self._kept_statuses.values()), {}
+            # A report made since one was kept is the newer: the kept one is not written over it.
+            statuses = [report for key, report in self._kept_statuses.items()
+                        if self._reported.get(key, report) is report]
+            self._kept_statuses = {}
             offline, self._kept_offline = self._kept_offline, []
-            with contextlib.suppress(*DATABASE_DOWN):  # (kept again by the writes themselves)
-                if statuses:
+            if statuses:  # (each kept again by the write itself when it fails)
+                with contextlib.suppress(*DATABASE_DOWN):
                     await self._write_statuses(statuses, quiet=True)
-                if offline:
+            if offline:
+                with contextlib.suppress(*DATABASE_DOWN):
                     await self._write_offline(offline, quiet=True)
+        self._reported.clear()
 
     async def _write_statuses(self, reports: list[Report], quiet: bool = False) -> list[None]:
         try:
