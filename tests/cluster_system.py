@@ -8,6 +8,7 @@ shared one: stopping it is then a test's right, and nothing it writes is anyone 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,9 @@ from conftest import (
     start_relay,
     stop_agent,
 )
-from live_system import Drain
+from live_system import Drain, no_tracebacks
+
+from relay.cluster import cluster_secret
 
 _clusters = iter(range(1, 1_000_000))
 
@@ -159,6 +163,20 @@ class Cluster:
         self.agents.append(agent)
         return agent
 
+    def secret(self) -> str:
+        """The cluster secret as a node derives it (from the catalogue's signing key)."""
+        async def key() -> bytes:
+            import asyncpg
+
+            connection = await asyncpg.connect(self.database_url.replace("+asyncpg", ""))
+            try:
+                return bytes.fromhex(await connection.fetchval(
+                    "SELECT value FROM meta WHERE key = 'signing_key'"))
+            finally:
+                await connection.close()
+
+        return cluster_secret(asyncio.run(key()))
+
     def close(self) -> dict[str, str]:
         """Stop everything started; the nodes' logs by name."""
         logs: dict[str, str] = {}
@@ -190,6 +208,22 @@ def start_cluster(tmp: Path, nodes: int, *args: str, database_port: int = 5432) 
         drop_cluster_database(cluster)
         raise
     return cluster
+
+
+@contextlib.contextmanager
+def running_cluster(tmp: Path, nodes: int, *args: str) -> Iterator[Cluster]:
+    """``start_cluster`` for one test: on the way out everything stops, the database goes, and
+    no node or agent log may hold a traceback or the cluster secret."""
+    cluster = start_cluster(tmp, nodes, *args)
+    try:
+        yield cluster
+    finally:
+        secret = cluster.secret()
+        logs = cluster.close()
+        drop_cluster_database(cluster)
+    for name, log in logs.items():
+        assert secret not in log, f"{name} logged the cluster secret"
+    no_tracebacks(logs)
 
 
 def drop_cluster_database(cluster: Cluster) -> None:

@@ -5,8 +5,6 @@ the cluster secret; Redis stopped and started again, the nodes recover by themse
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import signal
 import time
@@ -17,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_system import Cluster, drop_cluster_database, start_cluster
+from cluster_system import Cluster, running_cluster
 from conftest import eventually, run_relay
-from live_system import no_tracebacks
 
 from relay.agent.demo_video import make_demo_video
 
@@ -35,33 +32,8 @@ def video(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = start_cluster(tmp_path, 3, *ARGS)
-    try:
+    with running_cluster(tmp_path, 3, *ARGS) as cluster:
         yield cluster
-    finally:
-        secret = read_secret(cluster)
-        logs = cluster.close()
-        drop_cluster_database(cluster)
-    for name, log in logs.items():
-        assert secret not in log, f"{name} logged the cluster secret"
-    no_tracebacks(logs)
-
-
-def read_secret(cluster: Cluster) -> str:
-    """The cluster secret as a node derives it (from the catalogue's signing key)."""
-    import asyncio
-
-    import asyncpg
-
-    async def key() -> bytes:
-        connection = await asyncpg.connect(cluster.database_url.replace("+asyncpg", ""))
-        try:
-            value = await connection.fetchval("SELECT value FROM meta WHERE key = 'signing_key'")
-        finally:
-            await connection.close()
-        return bytes.fromhex(value)
-
-    return hmac.new(asyncio.run(key()), b"relay cluster nodes v1", hashlib.sha256).hexdigest()
 
 
 def post_json(url: str, body: dict[str, Any], secret: str) -> dict[str, Any]:
@@ -100,7 +72,7 @@ def test_api_calls_on_every_node_answer_the_agents_transmit(cluster: Cluster, vi
         held = {c["camera_id"]: c for c in agent.state()["state"]["cameras"]}
         assert held[answer["camera_id"]]["started"] == 0
     # What the agent's link tells (its recording reports, version, peer) is known on every node.
-    secret = read_secret(cluster)
+    secret = cluster.secret()
     facts = [post_json(cluster.node(index).base_url + "/cluster/v1/facts",
                        {"gather_ids": [gather_id]}, secret)["facts"] for index in range(3)]
     assert facts[0] == facts[2] == {} and facts[1][str(gather_id)]["version"]
@@ -140,7 +112,7 @@ def test_node_to_node_requests_need_the_cluster_secret(cluster: Cluster) -> None
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=5)
         assert refused.value.code == 401
-    secret = read_secret(cluster)
+    secret = cluster.secret()
     good = {"Authorization": f"Bearer {secret}"}
     assert post(good) == (200, {"moved": True})  # nobody holds gatherer 1 here
     for bad in (b"", b"[]", b"{", json.dumps({"gather_id": "1", "action": "camera.stop",

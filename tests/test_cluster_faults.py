@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_system import Cluster, drop_cluster_database, start_cluster
+from cluster_system import Cluster, running_cluster
 from conftest import eventually, stop_agent
-from live_system import CLOSE_AFTER, RELAY_ARGS, VIEWER_TIMEOUT, embed, metric, no_tracebacks
+from live_system import CLOSE_AFTER, RELAY_ARGS, VIEWER_TIMEOUT, embed, metric
 from playwright.async_api import Browser
 from test_live_faults import Tab, kill_tab, leave_tab, plays, steady
 
@@ -38,13 +38,9 @@ QUIET_TIMEOUT = VIEWER_TIMEOUT + CLOSE_AFTER + 5
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = start_cluster(tmp_path, 3, *RELAY_ARGS, "--node-lease", "3", "--command-timeout", "5")
-    try:
+    with running_cluster(tmp_path, 3, *RELAY_ARGS, "--node-lease", "3",
+                         "--command-timeout", "5") as cluster:
         yield cluster
-    finally:
-        logs = cluster.close()
-        drop_cluster_database(cluster)
-    no_tracebacks(logs)
 
 
 async def test_random_faults_with_node_kills_end_with_nothing_running(cluster: Cluster,

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_system import Cluster, drop_cluster_database, start_cluster
+from cluster_system import Cluster, running_cluster
 from conftest import eventually
-from live_system import CLOSE_AFTER, RELAY_ARGS, close_tab, embed, metric, no_tracebacks
+from live_system import CLOSE_AFTER, RELAY_ARGS, close_tab, embed, metric
 from playwright.async_api import Browser
 from test_live_browser import decoded
 
@@ -23,13 +23,9 @@ from relay.agent.demo_video import make_demo_video
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = start_cluster(tmp_path, 3, *RELAY_ARGS, "--node-lease", "3", "--command-timeout", "5")
-    try:
+    with running_cluster(tmp_path, 3, *RELAY_ARGS, "--node-lease", "3",
+                         "--command-timeout", "5") as cluster:
         yield cluster
-    finally:
-        logs = cluster.close()
-        drop_cluster_database(cluster)
-    no_tracebacks(logs)
 
 
 def play_url(cluster: Cluster, index: int, camera_id: int) -> str:

@@ -141,8 +141,8 @@ class Ownership:
                                         args=[node, epoch, gather_id]))
 
     async def owner(self, gather_id: int) -> Owner | None:
-        node, epoch = await self._redis.hmget(self._gatherer(gather_id), ["node", "epoch"])
-        return Owner(node, int(epoch)) if node and epoch else None
+        held = await self.holder(gather_id)
+        return held[0] if held is not None else None
 
     async def holder(self, gather_id: int) -> tuple[Owner, dict[str, Any] | None] | None:
         """The gatherer's holder and its node's description while its lease lives (None: dead),
