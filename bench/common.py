@@ -386,7 +386,7 @@ def metric(base: str, name: str, timeout: float = 30.0) -> float:
 
 
 #: Other benches that would share this machine's 2 cores with a measurement (another helper's).
-OTHER_BENCHES = r"bench/(commands|api|live|record)\.py"
+OTHER_BENCHES = r"bench/(commands|api|live|record|cluster|fanout)\.py"
 
 
 def wait_for_other_benches(limit: float = 1800.0, interval: float = 10.0) -> float:
