@@ -1,13 +1,23 @@
-"""The relay end to end: real ``relay serve`` and ``relay agent`` processes over real sockets."""
+"""The relay end to end: real ``relay serve`` and ``relay agent`` processes over real sockets,
+once on a SQLite file in the data dir and once on a fresh PostgreSQL database (named by
+``RELAY_DATABASE_URL`` for the relay and for the ``relay agent-key`` commands run beside it; the
+test reads the catalogue directly through the same URL). Each run starts its own processes (the
+tests restart, stop, revoke), so to keep CI's time two run on SQLite only, their subject being
+the same on both backends: an agent dying mid-command (the hub's command timeouts; a gatherer
+marked offline when its agent goes is also checked on PostgreSQL, by the restarts test) and the
+metrics (counters in the process; ``/readyz`` on PostgreSQL is checked by the cluster tests)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +28,7 @@ from conftest import (
     ApiClient,
     RelayProcess,
     eventually,
+    fresh_postgres,
     run_relay,
     start_agent,
     start_relay,
@@ -28,6 +39,8 @@ from conftest import (
 from relay.agent.demo_video import make_demo_video
 
 FAST = ("--command-timeout", "3", "--agent-heartbeat", "1", "--agent-key-recheck", "1")
+#: For a test whose subject no catalogue call takes part in (see the module's docstring).
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
 Client = ApiClient  # (the tests' one API client)
@@ -41,6 +54,8 @@ class System:
     agent: AgentProcess
     client: Client
     video: Path
+    env: dict[str, str]  # RELAY_DATABASE_URL on PostgreSQL (empty on SQLite)
+    database_url: str  # the catalogue, as this test opens it directly
 
     @property
     def gather_id(self) -> int:
@@ -57,21 +72,49 @@ def video(tmp_path_factory) -> Path:
     return make_demo_video(tmp_path_factory.mktemp("media") / "cam.mp4", seconds=2)
 
 
+@contextlib.contextmanager
+def postgres_url() -> Iterator[str]:
+    """``fresh_postgres`` from a synchronous fixture: its own loop, kept open for the test (a
+    loop that ends would finalize the context manager, dropping the database at once)."""
+    loop = asyncio.new_event_loop()
+    database = fresh_postgres()
+    try:
+        yield loop.run_until_complete(database.__aenter__())
+    finally:
+        loop.run_until_complete(database.__aexit__(None, None, None))
+        loop.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:  # type: ignore[no-untyped-def]
+    """The relay's environment and the catalogue's URL on each backend."""
+    if request.param == "sqlite":
+        yield {}, f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'relay.sqlite3').resolve()}"
+        return
+    with postgres_url() as url:
+        yield {"RELAY_DATABASE_URL": url}, url
+
+
 @pytest.fixture
-def system(request, tmp_path: Path, video: Path):
+def system(request, tmp_path: Path, video: Path, backend: tuple[dict[str, str], str]):  # type: ignore[no-untyped-def]
+    env, database_url = backend
     marker = request.node.get_closest_marker("relay_args")
-    relay = start_relay(tmp_path / "data", *(marker.args if marker else FAST))
+    relay = start_relay(tmp_path / "data", *(marker.args if marker else FAST), env=env)
     agent = None
     system = None
     try:
-        key = run_relay("agent-key", "add", "school", "--data", str(tmp_path / "data")).stdout.strip()
+        key = run_relay("agent-key", "add", "school", "--data", str(tmp_path / "data"),
+                        env=env).stdout.strip()
         agent = start_agent(relay.base_url, key, tmp_path / "agent")
         client = Client(relay.base_url, relay.credential)
         eventually(lambda: client.call("list_gather")["data"] and client.gatherer()["status"] == 1)
-        system = System(tmp_path, relay, key, agent, client, video)
+        # On PostgreSQL the relay really is there: no SQLite catalogue appears beside it.
+        assert (tmp_path / "data" / "relay.sqlite3").exists() == (not env)
+        system = System(tmp_path, relay, key, agent, client, video, env, database_url)
         yield system
     finally:
-        # Tests may replace the processes (restarts): stop whichever are current.
+        # Tests may replace the processes (restarts): stop whichever are current (before the
+        # PostgreSQL database is dropped).
         if system is not None:
             relay, agent = system.relay, system.agent
         if agent is not None:
@@ -149,6 +192,7 @@ def _closed_port() -> int:
 
 
 # A heartbeat longer than the command timeout, so the silent agent is still "connected".
+@SQLITE_ONLY
 @pytest.mark.relay_args("--command-timeout", "3", "--agent-heartbeat", "30")
 def test_an_agent_dying_mid_command_never_hangs_the_api(system: System):
     client = system.client
@@ -210,7 +254,7 @@ def test_restarts_and_offline_changes_converge(system: System):
 
     # The relay restarts: the agent comes back by itself and holds the full desired state.
     stop_relay(system.relay)
-    system.relay = start_relay(system.tmp / "data", *FAST, port=port)
+    system.relay = start_relay(system.tmp / "data", *FAST, env=system.env, port=port)
     eventually(lambda: client.gatherer()["status"] == 1, timeout=20)
     assert _held(system.agent) == _desired(client)
     eventually(lambda: client.status(first) == 1)
@@ -237,8 +281,9 @@ def test_restarts_and_offline_changes_converge(system: System):
 
 def test_a_revoked_key_is_refused(system: System):
     client = system.client
-    run_relay("agent-key", "revoke", "school", "--data", str(system.tmp / "data"))
-    listing = run_relay("agent-key", "list", "--data", str(system.tmp / "data")).stdout
+    run_relay("agent-key", "revoke", "school", "--data", str(system.tmp / "data"), env=system.env)
+    listing = run_relay("agent-key", "list", "--data", str(system.tmp / "data"),
+                        env=system.env).stdout
     assert "school\trevoked" in listing
     # The live link ends within the recheck interval (1 s here) and reconnecting is refused.
     eventually(lambda: client.gatherer()["status"] == 0, timeout=10)
@@ -250,6 +295,7 @@ def test_a_revoked_key_is_refused(system: System):
     assert system.key not in log and system.key not in system.agent.log()
 
 
+@SQLITE_ONLY
 def test_metrics(system: System):
     system.add_camera()
     with urllib.request.urlopen(system.relay.base_url + "/metrics", timeout=10) as response:
@@ -262,12 +308,10 @@ def test_metrics(system: System):
 
 def test_a_command_for_a_camera_the_agent_lacks_gets_its_error(system: System):
     """A camera the agent never heard of (written behind the relay's back) gets the agent's error."""
-    import asyncio
-
     from relay.catalogue import Catalogue
 
     async def sneak_in() -> int:
-        catalogue = await Catalogue.open(f"sqlite+aiosqlite:///{system.tmp / 'data' / 'relay.sqlite3'}")
+        catalogue = await Catalogue.open(system.database_url)
         try:
             row = await catalogue.cameras.add(system.gather_id, {
                 "camera_name": "暗", "stream_prop": 1, "stream_mp4": str(system.video)})
