@@ -1,13 +1,15 @@
 """Retention: old recordings go after record_keep_days; when room is short (a tiny storage_quota
 stands in for a full disk) the oldest go first, rows then files; the API keeps answering.
 
-The real app on a real socket over a real SQLite file (the ``api`` fixture, or one like it with
-the loop's own settings), real files under the files directory.
+The real app on a real socket over a real SQLite file and over a fresh PostgreSQL database (the
+``api`` fixture, or one like it with the loop's own settings), real files under the files
+directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
@@ -15,6 +17,7 @@ import time
 
 import pytest
 from aiohttp.test_utils import TestServer
+from conftest import fresh_postgres
 
 from relay.config import ConfigError, load_settings
 from relay.server import build_app, open_services
@@ -159,9 +162,17 @@ async def test_vanished_files_and_an_empty_catalogue_are_no_error(api, camera, c
     assert (await api.call("list_record"))["total_num"] == 0
 
 
-async def test_the_background_pass_runs_by_itself(tmp_path, aiohttp_client):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_the_background_pass_runs_by_itself(tmp_path, aiohttp_client, backend):
+    async with contextlib.AsyncExitStack() as stack:
+        database = ({"database_url": await stack.enter_async_context(fresh_postgres())}
+                    if backend == "postgresql" else {})
+        await background_pass(tmp_path, aiohttp_client, database)
+
+
+async def background_pass(tmp_path, aiohttp_client, database) -> None:  # type: ignore[no-untyped-def]
     settings = load_settings({"data": tmp_path / "data", "record_keep_days": "2",
-                              "retention_interval": "0.1"}, environ={})
+                              "retention_interval": "0.1", **database}, environ={})
     services = await open_services(settings)
     gather_id = await services.catalogue.gatherers.register("00:11:22:33:44:55")
     camera_id = (await services.catalogue.cameras.add(gather_id, {
@@ -185,6 +196,8 @@ async def test_the_background_pass_runs_by_itself(tmp_path, aiohttp_client):
     assert deleted(body, "age") == 1
     assert free_gauge(body) > 0
     assert (await client.get("/healthz")).status == 200
+    assert (tmp_path / "data" / "relay.sqlite3").exists() == (not database)  # the backend it says
+    await client.close()  # the app's cleanup closes the catalogue before its database goes
 
 
 def test_settings():
