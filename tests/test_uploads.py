@@ -3,11 +3,16 @@
 The agent side is this test speaking the protocol over real sockets (so it can do what a broken or
 hostile agent would), and the real ``Uploader`` over a real spool for the agent's own behaviour.
 Gatherers are registered by a real hello on ``/agent``; cameras are added through the API.
+The relay's catalogue is a SQLite file; the tests of what an upload leaves in the catalogue (a
+record, a snapshot, the rows space makes room by deleting, the rows a restart finishes or keeps:
+``BOTH``) run on a fresh PostgreSQL database too. The byte-level ones (offsets, sizes,
+checksums, reads) do not, for CI's time: no catalogue call tells the backends apart there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -17,14 +22,14 @@ import sqlite3
 import time
 import urllib.request
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import pytest
-from conftest import RelayProcess, run_relay, start_relay, stop_relay
+from conftest import RelayProcess, fresh_postgres, run_relay, start_relay, stop_relay
 
 from relay.agent.spool import Spool
 from relay.agent.uploader import Uploader
@@ -35,6 +40,8 @@ from relay.vod.uploads import UPLOAD_READ, large_reads
 FAST = ("--command-timeout", "2", "--agent-key-recheck", "1")
 VIDEO = secrets.token_bytes(300_000)  # (what the relay stores, it never decodes)
 POSTER = b"\xff\xd8\xff\xe0poster" + secrets.token_bytes(500)
+#: A test of what an upload leaves in the catalogue: on SQLite and on PostgreSQL.
+BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Site:
     camera_id: int
     other_key: str
     other_camera_id: int
+    env: dict[str, str] = field(default_factory=dict)  # RELAY_DATABASE_URL on PostgreSQL
 
     @property
     def base(self) -> str:
@@ -59,6 +67,10 @@ class Site:
         return self.api("list_record", cur=1, per=50)["data"]
 
     def db_rows(self, sql: str) -> list[tuple]:
+        url = self.env.get("RELAY_DATABASE_URL")
+        if url:  # (off the test's loop, which this call may not wait on)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                return pool.submit(asyncio.run, _pg_rows(url, sql)).result()
         with sqlite3.connect(self.relay.data / "relay.sqlite3") as db:
             found = db.execute(sql).fetchall()
         db.close()
@@ -66,6 +78,16 @@ class Site:
 
     def stored_files(self) -> list[Path]:
         return sorted(p for p in (self.relay.data / "files").rglob("*") if p.is_file())
+
+
+async def _pg_rows(url: str, sql: str) -> list[tuple]:
+    import asyncpg
+
+    connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        return [tuple(row) for row in await connection.fetch(sql)]
+    finally:
+        await connection.close()
 
 
 async def gatherer(base: str, key: str, mac: str) -> int:
@@ -85,10 +107,12 @@ def token_of(relay: RelayProcess) -> str:
         return json.load(answer)["token"]
 
 
-async def make_site(relay: RelayProcess, token: str) -> Site:
+async def make_site(relay: RelayProcess, token: str, env: dict[str, str]) -> Site:
     data = str(relay.data)
-    key = run_relay("agent-key", "add", "school", "--data", data).stdout.strip()
-    other = run_relay("agent-key", "add", "other-site", "--data", data).stdout.strip()
+    key = run_relay("agent-key", "add", "school", "--data", data, env=env).stdout.strip()
+    other = run_relay("agent-key", "add", "other-site", "--data", data, env=env).stdout.strip()
+    # On PostgreSQL the relay really is there: no SQLite catalogue appears beside it.
+    assert (relay.data / "relay.sqlite3").exists() == (not env)
     cameras = []
     for agent_key, mac in ((key, "02:00:00:00:aa:01"), (other, "02:00:00:00:ee:01")):
         gather_id = await gatherer(relay.base_url, agent_key, mac)
@@ -97,15 +121,26 @@ async def make_site(relay: RelayProcess, token: str) -> Site:
                           stream_mp4="/videos/gate.mp4")
         assert answer["err_code"] == 0, answer
         cameras.append(answer["camera_id"])
-    return Site(relay, token, key, cameras[0], other, cameras[1])
+    return Site(relay, token, key, cameras[0], other, cameras[1], env)
 
 
 @pytest.fixture
-async def site(request, tmp_path: Path) -> AsyncIterator[Site]:
+async def backend(request) -> AsyncIterator[dict[str, str]]:  # type: ignore[no-untyped-def]
+    """The relay's environment: RELAY_DATABASE_URL of a fresh PostgreSQL database for the
+    postgresql run of a ``BOTH`` test, nothing (its SQLite file) otherwise."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield {}
+        return
+    async with fresh_postgres() as url:
+        yield {"RELAY_DATABASE_URL": url}
+
+
+@pytest.fixture
+async def site(request, tmp_path: Path, backend: dict[str, str]) -> AsyncIterator[Site]:  # type: ignore[no-untyped-def]
     marker = request.node.get_closest_marker("relay_args")
-    relay = start_relay(tmp_path / "data", *FAST, *(marker.args if marker else ()))
+    relay = start_relay(tmp_path / "data", *FAST, *(marker.args if marker else ()), env=backend)
     try:
-        yield await make_site(relay, token_of(relay))
+        yield await make_site(relay, token_of(relay), backend)
     finally:
         stop_relay(relay)
 
@@ -175,6 +210,7 @@ def bytes_read(relay: RelayProcess) -> int:
         return int(next(line for line in io if line.startswith("rchar:")).split()[1])
 
 
+@BOTH
 async def test_a_whole_upload_commits_into_one_record_whose_file_downloads(site: Site, http):
     agent = Agent(http, site.base, site.key)
     fields = manifest(site.camera_id)
@@ -425,6 +461,7 @@ def file_of(site: Site, fdfs: str) -> Path:
 
 
 # Room for two 300 kB recordings and a bit; nothing kept free, so only uploads make deletions.
+@BOTH
 @pytest.mark.relay_args("--storage-quota", "700000", "--storage-min-free", "0")
 async def test_an_upload_that_does_not_fit_pushes_out_the_oldest_recordings(site: Site, http):
     agent = Agent(http, site.base, site.key)
@@ -481,6 +518,7 @@ async def test_an_upload_that_does_not_fit_pushes_out_the_oldest_recordings(site
     assert "would not fit even with every recording deleted" in log
     assert "Traceback" not in log
 
+@BOTH
 async def test_a_committed_snapshot_replaces_the_cameras_older_one(site: Site, http):
     agent = Agent(http, site.base, site.key)
     first, second = POSTER + b"1", POSTER + b"22"
@@ -496,6 +534,7 @@ async def test_a_committed_snapshot_replaces_the_cameras_older_one(site: Site, h
     assert site.db_rows("SELECT image_id FROM snapshots") == [(two["image_id"],)]
 
 
+@BOTH
 async def test_a_camera_deleted_before_the_commit_stores_nothing(site: Site, http):
     agent = Agent(http, site.base, site.key)
     fields = manifest(site.camera_id)
@@ -554,11 +593,12 @@ async def test_the_uploader_deletes_its_copy_only_after_the_commit(site: Site, h
     assert "403" in uploader.last_error[site.other_camera_id] and len(site.records()) == 1
 
 
+@BOTH
 async def test_a_relay_killed_mid_upload_is_resumed_from_its_offset_with_one_row(
-        tmp_path: Path, http):
-    relay = start_relay(tmp_path / "data", *FAST)
+        tmp_path: Path, http, backend: dict[str, str]):
+    relay = start_relay(tmp_path / "data", *FAST, env=backend)
     try:
-        site = await make_site(relay, token_of(relay))
+        site = await make_site(relay, token_of(relay), backend)
         spool = spool_with(tmp_path / "spool", site.camera_id, VIDEO)
         [entry] = spool.pending()
         agent = Agent(http, site.base, site.key)
@@ -569,7 +609,8 @@ async def test_a_relay_killed_mid_upload_is_resumed_from_its_offset_with_one_row
         relay.process.send_signal(signal.SIGKILL)
         relay.process.wait()
         stop_relay(relay)
-        relay = start_relay(tmp_path / "data", *FAST, port=int(site.base.rsplit(":", 1)[1]))
+        relay = start_relay(tmp_path / "data", *FAST, env=backend,
+                            port=int(site.base.rsplit(":", 1)[1]))
         site.relay = relay
         # The relay kept what reached its disk; the real uploader goes on from there (over the
         # same client session, whose kept-alive connection died with the relay).
@@ -587,12 +628,13 @@ async def test_a_relay_killed_mid_upload_is_resumed_from_its_offset_with_one_row
         stop_relay(relay)
 
 
+@BOTH
 async def test_a_commit_cut_short_after_its_rename_is_finished_at_the_next_start(
-        tmp_path: Path, http):
+        tmp_path: Path, http, backend: dict[str, str]):
     """The crash window between the rename and the row: the relay's next start finishes it."""
-    relay = start_relay(tmp_path / "data", *FAST)
+    relay = start_relay(tmp_path / "data", *FAST, env=backend)
     try:
-        site = await make_site(relay, token_of(relay))
+        site = await make_site(relay, token_of(relay), backend)
         agent = Agent(http, site.base, site.key)
         fields = manifest(site.camera_id)
         await agent.declare(fields)
@@ -606,7 +648,8 @@ async def test_a_commit_cut_short_after_its_rename_is_finished_at_the_next_start
         os.replace(temp, stored)
         stray = tmp_path / "data" / "uploads" / "left-by-a-crash.part"
         stray.write_bytes(b"x")
-        relay = start_relay(tmp_path / "data", *FAST, port=int(site.base.rsplit(":", 1)[1]))
+        relay = start_relay(tmp_path / "data", *FAST, env=backend,
+                            port=int(site.base.rsplit(":", 1)[1]))
         site.relay = relay
         [record] = site.records()
         assert record["file_fdfs"] == fdfs
@@ -619,12 +662,13 @@ async def test_a_commit_cut_short_after_its_rename_is_finished_at_the_next_start
         stop_relay(relay)
 
 
-async def test_after_a_restart_the_commit_checks_the_bytes_on_disk(tmp_path: Path, http):
+async def test_after_a_restart_the_commit_checks_the_bytes_on_disk(
+        tmp_path: Path, http, backend: dict[str, str]):
     """The running sha256 dies with the relay: a commit after a SIGKILL reads the file back, so
     bytes changed on disk meanwhile are refused (422), whether the PUTs were done or resumed."""
-    relay = start_relay(tmp_path / "data", *FAST)
+    relay = start_relay(tmp_path / "data", *FAST, env=backend)
     try:
-        site = await make_site(relay, token_of(relay))
+        site = await make_site(relay, token_of(relay), backend)
         agent = Agent(http, site.base, site.key)
         done, resumed, clean = (manifest(site.camera_id) for _ in range(3))
         for fields in (done, resumed, clean):
@@ -641,7 +685,8 @@ async def test_after_a_restart_the_commit_checks_the_bytes_on_disk(tmp_path: Pat
                 with temp.open("r+b") as file:
                     file.seek(50_000)
                     file.write(bytes([VIDEO[50_000] ^ 1]))
-        relay = start_relay(tmp_path / "data", *FAST, port=int(site.base.rsplit(":", 1)[1]))
+        relay = start_relay(tmp_path / "data", *FAST, env=backend,
+                            port=int(site.base.rsplit(":", 1)[1]))
         site.relay = relay
         async with aiohttp.ClientSession() as fresh:
             agent = Agent(fresh, site.base, site.key)
