@@ -389,11 +389,18 @@ def metric(base: str, name: str, timeout: float = 30.0) -> float:
 OTHER_BENCHES = r"bench/(commands|api|live|record|cluster|fanout)\.py"
 
 
+def _started(pid: int) -> int:
+    """When a process started (clock ticks since boot), from ``/proc/PID/stat``."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
 def wait_for_other_benches(limit: float = 1800.0, interval: float = 10.0) -> float:
-    """Wait while ``pgrep -f OTHER_BENCHES`` finds another bench running (at most ``limit`` s,
-    then measure anyway); the seconds waited. Our own children (``bench/commands.py --role``)
+    """Wait while ``pgrep -f OTHER_BENCHES`` finds another bench running that started before this
+    one (at most ``limit`` s, then measure anyway); the seconds waited. Only earlier ones count,
+    so two benches never wait for each other; our own children (``bench/commands.py --role``)
     do not count."""
     own = {os.getpid()}
+    mine = _started(os.getpid())
     waited = 0.0
     while waited < limit:
         found = subprocess.run(["pgrep", "-f", OTHER_BENCHES], capture_output=True, text=True)
@@ -401,9 +408,10 @@ def wait_for_other_benches(limit: float = 1800.0, interval: float = 10.0) -> flo
         for pid in (int(word) for word in found.stdout.split()):
             try:
                 parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                earlier = (_started(pid), pid) < (mine, os.getpid())
             except (OSError, ValueError, IndexError):
                 continue
-            if pid not in own and parent not in own:
+            if pid not in own and parent not in own and earlier:
                 others.append(pid)
         if not others:
             return waited
