@@ -5,6 +5,7 @@ the cluster secret; Redis stopped and started again, the nodes recover by themse
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from cluster_system import Cluster, running_cluster
 from conftest import eventually, run_relay
@@ -87,24 +89,38 @@ def test_api_calls_on_every_node_answer_the_agents_transmit(cluster: Cluster, vi
             assert json.load(r)["status"] == "ok"
 
 
-def test_node_to_node_requests_need_the_cluster_secret(cluster: Cluster) -> None:
-    url = cluster.node(0).base_url + "/cluster/v1/command"
-    body = json.dumps({"gather_id": 1, "action": "camera.stop", "data": {"camera_id": 1},
-                       "timeout": 1}).encode()
-
-    def post(headers: dict[str, str], data: bytes = body) -> tuple[int, dict[str, Any]]:
-        request = urllib.request.Request(url, data, {"Content-Type": "application/json",
-                                                     **headers}, method="POST")
+async def _command_link(url: str, headers: dict[str, str], messages: list[str]
+                        ) -> tuple[int, list[Any]]:
+    """Open a node's command link, send these messages, and tell the handshake's status and what
+    came back (answers, then the close code when the node ended the link)."""
+    async with aiohttp.ClientSession() as session:
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, json.load(response)
-        except urllib.error.HTTPError as error:
-            return error.code, json.load(error)
+            ws = await session.ws_connect(url, headers=headers, timeout=aiohttp.ClientWSTimeout(
+                ws_close=5))
+        except aiohttp.WSServerHandshakeError as refused:
+            return refused.status, []
+        got: list[Any] = []
+        async with ws:
+            for message in messages:
+                await ws.send_str(message)
+                reply = await ws.receive(timeout=5)
+                got.append(json.loads(reply.data) if reply.type == aiohttp.WSMsgType.TEXT
+                           else ws.close_code)
+        return 101, got
 
-    assert post({})[0] == 401
-    assert post({"Authorization": "Bearer " + "0" * 64})[0] == 401
-    assert post({"Authorization": "Basic eDp5"})[0] == 401
-    assert post({"Authorization": "Bearer ünïcode"})[0] == 401
+
+def test_node_to_node_requests_need_the_cluster_secret(cluster: Cluster) -> None:
+    url = cluster.node(0).base_url + "/cluster/v1/commands"
+    command = json.dumps({"id": 7, "gather_id": 1, "action": "camera.stop",
+                          "data": {"camera_id": 1}, "timeout": 1})
+
+    def link(headers: dict[str, str], *messages: str) -> tuple[int, list[Any]]:
+        return asyncio.run(_command_link(url, headers, list(messages)))
+
+    assert link({}, command)[0] == 401
+    assert link({"Authorization": "Bearer " + "0" * 64}, command)[0] == 401
+    assert link({"Authorization": "Basic eDp5"}, command)[0] == 401
+    assert link({"Authorization": "Bearer ünïcode"}, command)[0] == 401
     for path in ("/cluster/v1/facts", "/cluster/v1/live/1"):  # the other node-to-node doors
         request = urllib.request.Request(cluster.node(0).base_url + path, b"{}",
                                          {"Authorization": "Bearer nope"},
@@ -114,15 +130,18 @@ def test_node_to_node_requests_need_the_cluster_secret(cluster: Cluster) -> None
         assert refused.value.code == 401
     secret = cluster.secret()
     good = {"Authorization": f"Bearer {secret}"}
-    assert post(good) == (200, {"moved": True})  # nobody holds gatherer 1 here
-    for bad in (b"", b"[]", b"{", json.dumps({"gather_id": "1", "action": "camera.stop",
-                                              "data": {}, "timeout": 1}).encode(),
-                json.dumps({"gather_id": 1, "action": "rm -rf", "data": {},
-                            "timeout": 1}).encode(),
-                json.dumps({"gather_id": 1, "action": "camera.stop", "data": {},
-                            "timeout": "NaN"}).encode()):
-        status, answer = post(good, bad)
-        assert status == 400 and "expected" in answer["err_msg"], (bad, status, answer)
+    wrong = [json.dumps({"id": n, **fields}) for n, fields in enumerate((
+        {"gather_id": "1", "action": "camera.stop", "data": {}, "timeout": 1},
+        {"gather_id": 1, "action": "rm -rf", "data": {}, "timeout": 1},
+        {"gather_id": 1, "action": "camera.stop", "data": {}, "timeout": "NaN"},
+        {"gather_id": 1, "action": "camera.stop", "data": [], "timeout": 1},
+        {"gather_id": 1, "action": "camera.stop", "data": {}}))]
+    status, answers = link(good, command, *wrong)
+    assert status == 101 and answers[0] == {"id": 7, "moved": True}  # nobody holds 1 here
+    assert [answer["id"] for answer in answers[1:]] == list(range(len(wrong)))
+    assert all("expected" in answer["refused"] for answer in answers[1:]), answers
+    for not_a_command in ("", "[]", "{", json.dumps({"id": "7"}), json.dumps({"gather_id": 1})):
+        assert link(good, not_a_command) == (101, [1003]), not_a_command
     facts_url = cluster.node(0).base_url + "/cluster/v1/facts"
     assert post_json(facts_url, {"gather_ids": [1, 2]}, secret) == {"facts": {}}
     for bad in ({"gather_ids": "1"}, {"gather_ids": [1.5]}, {}, {"gather_ids": [True]}):

@@ -168,14 +168,14 @@ def test_through_the_balancer_and_a_killed_node_s_agent_relinks(setup: Setup, vi
 
     # Node-to-node paths: refused at the balancer however spelled. Sent to a node itself, the
     # plain and the percent-encoded spellings reach its cluster route (401 without the secret).
-    command, encoded = "/cluster/v1/command", "/%63luster/v1/command"
-    assert status_of(cluster.node(0).base_url, "POST", command) == 401
-    assert status_of(cluster.node(0).base_url, "POST", encoded) == 401
-    for path in (command, encoded, "/cluster/v1/%63ommand", "//cluster/v1/command",
-                 "/./cluster/v1/command", "/x/../cluster/v1/command", "/CLUSTER/v1/command",
-                 "/cluster%2Fv1%2Fcommand", "/cluster/v1/command?x=1",
-                 f"http://127.0.0.1:{cluster.ports[0]}/cluster/v1/command"):
-        assert status_of(balancer.url, "POST", path) in (400, 403), path
+    command, encoded = "/cluster/v1/commands", "/%63luster/v1/commands"
+    assert status_of(cluster.node(0).base_url, "GET", command) == 401
+    assert status_of(cluster.node(0).base_url, "GET", encoded) == 401
+    for path in (command, encoded, "/cluster/v1/%63ommands", "//cluster/v1/commands",
+                 "/./cluster/v1/commands", "/x/../cluster/v1/commands", "/CLUSTER/v1/commands",
+                 "/cluster%2Fv1%2Fcommands", "/cluster/v1/commands?x=1",
+                 f"http://127.0.0.1:{cluster.ports[0]}/cluster/v1/commands"):
+        assert status_of(balancer.url, "GET", path) in (400, 403), path
     assert status_of(balancer.url, "GET", f"/cluster/v1/live/{camera_id}") == 403
     assert status_of(balancer.url, "GET", "/metrics") == 403
     assert status_of(balancer.url, "GET", "/readyz") == 200

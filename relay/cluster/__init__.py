@@ -2,7 +2,8 @@
 
 Redis carries control only, never media: node leases, which node holds which gatherer's link
 (``ownership.py``), hints between nodes (pub/sub). Commands to a gatherer linked elsewhere go to the
-holding node over HTTP with the cluster secret (``routes.py``, ``hub.py``).
+holding node over one command WebSocket per pair of nodes, with the cluster secret (``peers.py``,
+``routes.py``, ``hub.py``).
 """
 
 from .hub import ClusterHub

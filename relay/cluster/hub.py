@@ -1,8 +1,9 @@
 """The hub of a cluster node: links held here, the others reached through the node that holds them.
 
 Who holds which gatherer lives in Redis (``ownership.py``), each claim tagged with its link's
-epoch. A command for a gatherer linked elsewhere goes to the holder over HTTP
-(``routes.py``, authenticated with the cluster secret) and comes back as that agent's own
+epoch. A command for a gatherer linked elsewhere goes to the holder over this node's one command
+link to it (``peers.py``, a WebSocket authenticated with the cluster secret; the holder's end is in
+``routes.py``) and comes back as that agent's own
 ``transmit``: 10002 when no living node holds it, 10003 when the agent (or the holder) did not
 answer within the one command timeout, 10004 when the link or the holder went mid-command. A
 command is delivered at most once: it is sent again only when the holder answers that it did not
@@ -23,7 +24,9 @@ Three chores, every third of ``node_lease``:
   is never undone). A node killed without a word is so noticed within its lease and two sweeps.
 
 Nothing of this runs while Redis is unreachable: links held here keep working, commands for other
-nodes' gatherers answer 10002, ``/readyz`` says not ready, and the chores resume when it answers.
+nodes' gatherers answer 10002 (unless this node sent that gatherer one within the last third of
+the lease: the holder it found then is remembered that long), ``/readyz`` says not ready, and the
+chores resume when it answers.
 """
 
 from __future__ import annotations
@@ -46,12 +49,12 @@ from ..hub import FAILED, OFFLINE, TIMEOUT, AgentLink, LinkFacts, LocalHub, tran
 from ..metrics import Metrics
 from ..throttle import FAILURE_WINDOW, MAX_FAILURES
 from .ownership import Ownership
+from .peers import LinkLost, Peers, Unreachable
 from .redis_link import RedisLink
 from .throttle import SharedFailedSignIns
 
 log = logging.getLogger(__name__)
 
-COMMAND_PATH = "/cluster/v1/command"
 FACTS_PATH = "/cluster/v1/facts"
 #: Seconds another node has to tell its links' facts (the console waits for them).
 FACTS_TIMEOUT = 2.0
@@ -71,6 +74,8 @@ class ClusterHub(LocalHub):
         self._moved_channel = f"{prefix}:moved:{self.node}"
         self._prefix = prefix
         self._http: aiohttp.ClientSession | None = None
+        self._peers: Peers | None = None
+        self._holders: dict[int, tuple[str, str, float]] = {}  # gatherer → node, URL, until
         self._tasks: list[asyncio.Task[None]] = []
         self._suspects: dict[int, int] = {}  # gatherer → epoch seen unheld on the last sweep
         self._missed: set[int] = set()  # gatherers a command could not reach, Redis being gone
@@ -87,6 +92,7 @@ class ClusterHub(LocalHub):
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             headers={"Authorization": f"Bearer {self.secret}"})
+        self._peers = Peers(self._http)
         with contextlib.suppress(RedisError, OSError):
             await self._renew()
         self._tasks = [asyncio.create_task(self._chores(), name="cluster chores")]
@@ -101,6 +107,8 @@ class ClusterHub(LocalHub):
                 await task
         with contextlib.suppress(RedisError, OSError):
             await self.ownership.retire(self.node)
+        if self._peers is not None:
+            await self._peers.close()
         if self._http is not None:
             await self._http.close()
         await self._redis.stop()
@@ -239,58 +247,73 @@ class ClusterHub(LocalHub):
         if gather_id in self._links:
             return await self.send_here(gather_id, action, data, self.timeout)
         deadline = time.monotonic() + self.timeout
-        for _ in range(2):  # once more only when the holder had not got it (it moved just then)
-            try:
-                held = await self.ownership.holder(gather_id)  # one round trip
-            except (RedisError, OSError) as exc:
-                log.warning("gatherer %d: %s not sent, Redis unreachable (%s)", gather_id,
-                            action, exc.__class__.__name__)
-                self._missed.add(gather_id)
+        # Again only when the holder had not got it (it moved just then): a remembered holder,
+        # then twice from Redis.
+        for _ in range(3):
+            holder = await self._holder_of(gather_id, action)
+            if holder is None:
                 return transmit(OFFLINE)
-            owner, about = held if held is not None else (None, None)
-            if owner is None or about is None or owner.node == self.node:
-                return transmit(OFFLINE)
-            answer = await self._forward(str(about["url"]), owner.node, gather_id, action, data,
-                                         deadline)
+            answer = await self._forward(*holder, gather_id, action, data, deadline)
             if answer is not _MOVED:
                 return answer  # type: ignore[return-value]
+            self._holders.pop(gather_id, None)
             if gather_id in self._links:  # it moved here
                 return await self.send_here(gather_id, action, data,
                                             max(0.0, deadline - time.monotonic()))
         return transmit(OFFLINE)
 
-    async def _forward(self, url: str, node: str, gather_id: int, action: str,
+    async def _holder_of(self, gather_id: int, action: str) -> tuple[str, str] | None:
+        """The node holding this gatherer and its URL: remembered for a third of the lease (a
+        command sent to a node that no longer holds it answers ``moved`` and is sent again after
+        a fresh lookup, so a stale entry costs one trip, never a lost or doubled command)."""
+        remembered = self._holders.get(gather_id)
+        if remembered is not None and remembered[2] > time.monotonic():
+            return remembered[0], remembered[1]
+        try:
+            held = await self.ownership.holder(gather_id)  # one round trip
+        except (RedisError, OSError) as exc:
+            log.warning("gatherer %d: %s not sent, Redis unreachable (%s)", gather_id,
+                        action, exc.__class__.__name__)
+            self._missed.add(gather_id)
+            return None
+        owner, about = held if held is not None else (None, None)
+        if owner is None or about is None or owner.node == self.node:
+            self._holders.pop(gather_id, None)
+            return None
+        self._holders[gather_id] = (owner.node, str(about["url"]),
+                                    time.monotonic() + self.lease / 3)
+        return owner.node, str(about["url"])
+
+    async def _forward(self, node: str, url: str, gather_id: int, action: str,
                        data: dict[str, Any], deadline: float) -> dict[str, Any] | object:
-        assert self._http is not None
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return transmit(TIMEOUT)
         body = {"gather_id": gather_id, "action": action, "data": data, "timeout": remaining}
         try:
             # The holder answers 10003 itself at ``remaining``; the margin is for the trip.
-            async with self._http.post(url + COMMAND_PATH, json=body,
-                                       timeout=aiohttp.ClientTimeout(total=remaining + 0.5)
-                                       ) as response:
-                answer = await response.json() if response.status == 200 else None
-        except aiohttp.ClientConnectorError as exc:  # never reached it: nothing was delivered
+            assert self._peers is not None
+            answer = await self._peers.call(node, url, body, remaining + 0.5)
+        except Unreachable as exc:  # never reached it: nothing was delivered
+            self._holders.pop(gather_id, None)
             log.warning("gatherer %d: %s not sent, its node %s is unreachable (%s)", gather_id,
-                        action, node, exc.__class__.__name__)
+                        action, node, exc)
             return transmit(OFFLINE)
         except TimeoutError:
             log.warning("gatherer %d: %s, no answer from node %s in time", gather_id, action, node)
             return transmit(TIMEOUT)
-        except (aiohttp.ClientError, ValueError) as exc:
-            log.warning("gatherer %d: node %s went during %s (%s)", gather_id, node, action,
-                        exc.__class__.__name__)
-            return transmit(FAILED)
-        if not isinstance(answer, dict):
-            log.warning("gatherer %d: node %s refused %s (HTTP %d)", gather_id, node, action,
-                        response.status)
+        except LinkLost as exc:
+            self._holders.pop(gather_id, None)
+            log.warning("gatherer %d: node %s went during %s (%s)", gather_id, node, action, exc)
             return transmit(FAILED)
         if answer.get("moved"):
             return _MOVED
         result = answer.get("transmit")
-        return result if isinstance(result, dict) else transmit(FAILED)
+        if not isinstance(result, dict):
+            log.warning("gatherer %d: node %s refused %s (%s)", gather_id, node, action,
+                        answer.get("refused", "no transmit in its answer"))
+            return transmit(FAILED)
+        return result
 
     async def forwarded(self, gather_id: int, action: str, data: dict[str, Any],
                         timeout: float) -> dict[str, Any]:
@@ -396,3 +419,5 @@ class ClusterHub(LocalHub):
             if not alive:
                 log.info("cluster node %s (%s) is gone", node, about.get("url", "?"))
                 await self.ownership.forget(node)
+                if self._peers is not None:
+                    await self._peers.forget(node)

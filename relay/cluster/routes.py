@@ -24,12 +24,13 @@ from ..live.controller import LiveRefused
 from ..live.ingest import LIVE
 from ..live.pull import LIVE_PATH
 from ..services import SERVICES
-from .hub import COMMAND_PATH, FACTS_PATH, ClusterHub
+from .hub import FACTS_PATH, ClusterHub
+from .peers import COMMANDS_PATH, HEARTBEAT, MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
-#: Largest node-to-node request body (a command's data is bounded far below by the API).
-MAX_BODY = 256 * 1024
+#: Largest node-to-node request body or message (a command's data is bounded far below by the API).
+MAX_BODY = MAX_MESSAGE
 
 
 def cluster_secret(signing_key: bytes) -> str:
@@ -52,24 +53,64 @@ def _from_a_node(request: web.Request) -> bool:
     return False
 
 
-async def command(request: web.Request) -> web.Response:
+def _command(message: Any) -> tuple[int, tuple[int, str, dict[str, Any], float] | None]:
+    """A command message's id, and its fields when they are what a node sends (else None)."""
+    body: Any = json.loads(message)
+    message_id = body["id"]
+    if type(message_id) is not int:
+        raise TypeError("id")
+    try:
+        gather_id, action, data = body["gather_id"], body["action"], body["data"]
+        timeout = float(body["timeout"])
+    except (ValueError, KeyError, TypeError):
+        return message_id, None
+    valid = (type(gather_id) is int and gather_id > 0 and isinstance(action, str)
+             and action in protocol.ACTIONS and isinstance(data, dict) and 0 < timeout < 3600)
+    return message_id, (gather_id, action, data, timeout) if valid else None
+
+
+async def command_link(request: web.Request) -> web.StreamResponse:
+    """Another node's command link (``peers.py``): each message a command for a gatherer linked
+    here, answered with the same id as soon as the agent answers (many at once). A message that
+    is not a command with an id ends the link: that peer does not speak this protocol."""
     hub = request.app[SERVICES].hub
     assert isinstance(hub, ClusterHub)
     if not _from_a_node(request):
         return _refuse(401, "node-to-node requests need the cluster secret")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _refuse(413, "request too large")
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_BODY)
     try:
-        body: Any = json.loads(await request.content.read(MAX_BODY + 1))
-        gather_id, action, data = body["gather_id"], body["action"], body["data"]
-        timeout = float(body["timeout"])
-        valid = (type(gather_id) is int and gather_id > 0 and isinstance(action, str)
-                 and action in protocol.ACTIONS and isinstance(data, dict) and timeout > 0)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        valid = False
-    if not valid:
-        return _refuse(400, "expected {gather_id, action, data, timeout}")
-    return web.json_response(await hub.forwarded(gather_id, action, data, timeout))
+        await ws.prepare(request)
+    except (ConnectionError, RuntimeError):
+        return ws
+    running: set[asyncio.Task[None]] = set()
+
+    async def answer(message_id: int, command: tuple[int, str, dict[str, Any], float] | None
+                     ) -> None:
+        reply = (await hub.forwarded(*command) if command is not None
+                 else {"refused": "expected {id, gather_id, action, data, timeout}"})
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_str(json.dumps({"id": message_id, **reply}))
+
+    try:
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                break
+            try:
+                message_id, command = _command(message.data)
+            except (ValueError, KeyError, TypeError):
+                log.warning("node %s sent a malformed command; closing its link", request.remote)
+                await ws.close(code=1003, message=b"expected a command")
+                break
+            task = asyncio.create_task(answer(message_id, command))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    finally:
+        for task in list(running):
+            task.cancel()
+        for task in list(running):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return ws
 
 
 async def facts(request: web.Request) -> web.Response:
@@ -148,6 +189,6 @@ async def live_link(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post(COMMAND_PATH, command)
+    app.router.add_get(COMMANDS_PATH, command_link)
     app.router.add_post(FACTS_PATH, facts)
     app.router.add_get(LIVE_PATH, live_link)
