@@ -1,19 +1,36 @@
-"""Peers that misbehave on /agent: each is refused or closed with a logged reason, never served."""
+"""Peers that misbehave on /agent: each is refused or closed with a logged reason, never served.
+
+The relay's catalogue is a SQLite file; the tests where the link's registration and presence
+reach the catalogue (``BOTH``) run on a fresh PostgreSQL database too. Those refused before any
+catalogue call (bad keys, messages, floods, silence, admission) do not, for CI's time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import RelayProcess, eventually, run_relay, start_agent, start_relay, stop_agent, stop_relay
+from conftest import (
+    RelayProcess,
+    eventually,
+    fresh_postgres,
+    run_relay,
+    start_agent,
+    start_relay,
+    stop_agent,
+    stop_relay,
+)
 
 from relay.link import protocol
+
+#: A test whose link reaches the catalogue: on SQLite and on PostgreSQL.
+BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 
 @dataclass
@@ -30,11 +47,24 @@ class Relay:
 
 
 @pytest.fixture
-def relay(tmp_path: Path) -> Iterator[Relay]:
-    process = start_relay(tmp_path / "data", "--agent-heartbeat", "1")
+async def backend(request) -> AsyncIterator[dict[str, str]]:  # type: ignore[no-untyped-def]
+    """The relay's environment: RELAY_DATABASE_URL of a fresh PostgreSQL database for the
+    postgresql run of a ``BOTH`` test, nothing (its SQLite file) otherwise."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield {}
+        return
+    async with fresh_postgres() as url:
+        yield {"RELAY_DATABASE_URL": url}
+
+
+@pytest.fixture
+def relay(tmp_path: Path, backend: dict[str, str]) -> Iterator[Relay]:
+    process = start_relay(tmp_path / "data", "--agent-heartbeat", "1", env=backend)
     try:
         key = run_relay("agent-key", "add", "lab", "--gatherers", "10", "--data",
-                      str(tmp_path / "data")).stdout.strip()
+                        str(tmp_path / "data"), env=backend).stdout.strip()
+        # On PostgreSQL the relay really is there: no SQLite catalogue appears beside it.
+        assert (tmp_path / "data" / "relay.sqlite3").exists() == (not backend)
         yield Relay(process, key)
     finally:
         stop_relay(process)
@@ -175,6 +205,7 @@ async def test_a_silent_link_is_dropped(relay: Relay, http):
     assert asyncio.get_running_loop().time() - started < 5  # heartbeat 1 s here; 30 s by default
 
 
+@BOTH
 async def test_the_newer_of_two_links_with_one_mac_wins(relay: Relay, http):
     older, first = await welcomed(http, relay)
     newer, second = await welcomed(http, relay)
@@ -188,6 +219,7 @@ async def test_the_newer_of_two_links_with_one_mac_wins(relay: Relay, http):
     assert "a newer connection from 127.0.0.1 replaces" in relay.log()
 
 
+@BOTH
 async def test_an_agent_cannot_report_another_gatherers_camera(relay: Relay, http, tmp_path):
     # Gatherer A gets a camera through registering an IP camera; B then claims it.
     ws = await connect(http, relay)
@@ -232,6 +264,7 @@ async def test_agents_beyond_what_the_relay_admits_are_told_when_to_come_back(tm
     assert "Traceback" not in log
 
 
+@BOTH
 async def test_agents_that_leave_before_their_welcome_cost_nothing_and_stay_offline(relay, http):
     """Once, welcomes were sent into sockets their agents had closed: a traceback each."""
     for _ in range(3):  # nine machines (the key may have ten), leaving three times over
