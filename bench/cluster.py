@@ -2,15 +2,19 @@
 
     .venv/bin/python bench/cluster.py [--only 1,2,3] [--rounds 5] [--duration 5] [--callers 16]
                                       [--agents 1000] [--ff-runs 8] [--keep]
+    .venv/bin/python bench/cluster.py --only 4 [--fanout-rounds 3] [--fanout-viewers 10,20,40,...]
+                                      [--fanout-window 10] [--loss 1] [--cpu-a 0] [--cpu-b 1]
+                                      [--cpu-clients 0,1]
 
 Every part starts its own cluster: a fresh PostgreSQL database (made on ``--postgres``'s server,
 dropped afterwards), a redis-server of this bench's own on a free port (never the machine's shared
 one), and N ``relay serve`` nodes on free 127.0.0.1 ports with ``--database-url``, ``--redis-url``,
 ``--redis-prefix`` and ``--node-lease`` (tests/cluster_system.py does the same with the RELAY_*
 variables). The first node creates the catalogue (its banner names the API credential); the
-others start on fresh data dirs. Before each part the bench waits while another bench runs
-(``pgrep -f "bench/(commands|api|live|record).py"``: another helper may be measuring) and records
-the load average. Where two sides are compared they take turns in rounds (the order flipped every
+others start on fresh data dirs. Before each part the bench waits
+while another bench runs (common.wait_for_other_benches: ``pgrep -f`` for bench/commands, api,
+live, record, cluster or fanout.py not started by this one; another helper may be measuring) and
+records the load average. Where two sides are compared they take turns in rounds (the order flipped every
 round), and the tables are medians with the ratio or difference.
 
 Part 1, command round trip via another node vs the same node (goal: <= +1 ms p50). Two nodes; one
@@ -39,10 +43,43 @@ round: cold (no push anywhere: ``relay_live_pushes`` and ``relay_live_viewers`` 
 first) then warm (the cold tab still playing, a second tab), on the holder and on node B, the order
 of the two nodes flipped each round; one warm-up round discarded.
 
-Part 4 (WebRTC fan-out of one camera, viewers over two nodes vs all on one, goal >= 1.7x viewers
-at the same loss) is not written yet: on this 2-core machine both nodes, the aiortc viewers and the
-agent share the same two cores, so the capacity of two nodes cannot show here as it would on two
-machines.
+Part 4, WebRTC fan-out of one camera, viewers over two nodes vs all on one (goal >= 1.7x viewers
+at the same loss). Two nodes with ``--ice-addresses 127.0.0.1 --live-close-after 1``; a real
+``relay agent`` linked to node A pushing the busy MP4 (as part 3). Viewers are bench/live.py's
+``--role viewers`` processes (``live.ViewersProcess``, ``--client light``: aiortc peers that sign
+in like player/live.js, decrypt SRTP and count RTP headers; each process also keeps one
+heartbeat-only session), always two of them with N/2 peers each, so the viewers' side costs the
+same in both arrangements: (1 node) both on node A, the holder; (2 nodes) one on A, one on B, which
+pulls the camera from A over one node-to-node link and fans it out itself. The capacity of an
+arrangement is the largest N of the ramp ``--fanout-viewers`` (20, 60, 100, 140, then every 20
+to 300, 340, 400) whose loss stays <= ``--loss`` (1 %), below the first N over it (a ramp stops
+there; N that did not join within ``--fanout-connect`` s counts as over). Loss is what a viewer
+never got: the RTP packets never received (sequence numbers, as bench/live.py counts them) plus
+the frames never sent (marker bits short of the frames the RTP timestamps went through: a relay
+that falls behind drops whole GOPs before numbering them, which sequence numbers alone would not
+show; the viewers process records the highest RTP timestamp for this). Frames received short of
+25 fps on the wall clock (stalls: late, not lost) are reported as "late %", not in the loss.
+At each N: join (N/2 per process, in parallel), wait until the nodes count the sessions,
+``--fanout-settle`` s, then ``--fanout-window`` s measured: the loss and each process's CPU
+(``/proc/PID/stat``). Each step
+checks that the agent pushes once, to A (``relay_live_pushes`` A 1, B 0; one "push started" in
+the agent's log per ramp) and that B pulls over one link (A's ``relay_live_viewers`` less the
+sessions on A: 1). ``--fanout-rounds`` (3) rounds, each ramping both arrangements, the order
+flipped every round; the capacity is the median of the rounds', the ratio 2 nodes / 1 node.
+
+Pinning (taskset, ``--cpu-a/--cpu-b/--cpu-clients``): node A on CPU 0 in both arrangements, node B
+on CPU 1 (idle in the 1-node arrangement), the agent and the viewers processes on both CPUs: the
+viewers cost about what the relay does per viewer, so there is no core where they would not
+disturb a node; unpinned, the scheduler puts them where there is room (CPU 1 when A is busy), so
+the 1-node arrangement is not starved by them more than the 2-node one. On two machines node B
+would add a core; here the two arrangements share the same two cores with the viewers, so the
+ratio measures whether a second node (a second core for the relay) helps when the clients take
+what is left, not what two machines would do.
+
+Part 4 takes 20-30 minutes; ``--only`` defaults to 1,2,3 (about 3.5 minutes), ``--only 4`` runs
+it. Run the bench directly, not under ``timeout``: common's wait for another bench would take the
+wrapper (a process naming bench/cluster.py that is not this one's child) for another bench. Two
+benches that both wait before measuring wait for each other (up to common's limit, 30 min).
 
 Every process this starts is stopped by its PID on the way out (failures and Ctrl-C too), the
 temporary dir removed and the database dropped.
@@ -73,9 +110,11 @@ from urllib.parse import urlencode
 
 import commands
 from common import (
+    CLOCK_TICKS,
     POSTGRES_ADMIN,
     Processes,
     cpu_seconds,
+    cpu_ticks,
     fresh_postgres,
     http_json,
     interrupt,
@@ -463,6 +502,15 @@ def wait_idle(bases: list[str], timeout: float = 20.0) -> None:
                timeout, "relay_live_pushes 0 and relay_live_viewers 0 on every node", interval=0.1)
 
 
+def node_play_url(group: Cluster, camera_id: int, node: Node) -> str:
+    """A fresh play URL of the camera (asked of the holder, node A) pointed at ``node``."""
+    holder = group.nodes[0]
+    url = group.api(holder, "play_camera", camera_id=camera_id, width=640, height=360)["play_url"]
+    if not url.startswith(holder.base):
+        raise RuntimeError(f"play_url {url.split('?')[0]} is not on the holder {holder.base}")
+    return node.base + url[len(holder.base):]
+
+
 async def first_frames(group: Cluster, camera_id: int, runs: int) -> dict[str, Any]:
     import live
     from playwright.async_api import async_playwright
@@ -475,11 +523,7 @@ async def first_frames(group: Cluster, camera_id: int, runs: int) -> dict[str, A
     loads = []
 
     def play_url(node: Node) -> str:
-        url = group.api(holder, "play_camera", camera_id=camera_id, width=640,
-                        height=360)["play_url"]
-        if not url.startswith(holder.base):
-            raise RuntimeError(f"play_url {url.split('?')[0]} is not on the holder {holder.base}")
-        return node.base + url[len(holder.base):]
+        return node_play_url(group, camera_id, node)
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=live.CHROMIUM,
@@ -519,33 +563,47 @@ async def first_frames(group: Cluster, camera_id: int, runs: int) -> dict[str, A
     return {"results": results, "played": played, "marks": marks, "loads": loads}
 
 
-def part_first_frame(args: argparse.Namespace, processes: Processes, work: Path) -> dict[str, Any]:
+LIVE_FLAGS = ["--ice-addresses", "127.0.0.1", "--live-close-after", "1"]
+
+
+def busy_video(directory: Path) -> Path:
+    """bench/live.py's busy MP4: 640x360, 25 fps, 10 s, a band of noise (~1 Mbit/s)."""
     from relay.agent.demo_video import make_demo_video
 
+    directory.mkdir()
+    return make_demo_video(directory / "busy.mp4", 640, 360, 25, 10, noise_rows=24)
+
+
+def start_camera_agent(group: Cluster, data: Path, video: Path
+                       ) -> tuple[subprocess.Popen[Any], int, Path]:
+    """A real ``relay agent`` linked to node A (the first node) with one camera playing
+    ``video``, online: the agent process, the camera's id and the agent's log."""
+    holder = group.nodes[0]
+    key = group.agent_key(1)
+    data.mkdir()
+    agent_log = data.with_suffix(".log")
+    with agent_log.open("wb") as log:
+        agent = group.processes.start(
+            [sys.executable, "-m", "relay", "agent", "--server", holder.base, "--data",
+             str(data)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            env={**os.environ, "RELAY_AGENT_KEY": key}, cwd=ROOT)
+    gatherers = wait_until(lambda: group.api(holder, "list_gather")["data"], 30,
+                           "the agent registers", interval=0.2)
+    camera_id = group.api(holder, "add_camera", camera_name="bench", stream_prop=1,
+                          gather_id=gatherers[0]["gather_id"],
+                          stream_mp4=str(video))["camera_id"]
+    wait_until(lambda: group.api(holder, "get_camera_status",
+                                 camera_id=camera_id)["status"] == 1,
+               30, "camera online", interval=0.2)
+    print(f"agent PID {agent.pid} linked to node 0; camera {camera_id}", flush=True)
+    return agent, camera_id, agent_log
+
+
+def part_first_frame(args: argparse.Namespace, processes: Processes, work: Path) -> dict[str, Any]:
     state = before_part("part 3: first decoded frame, viewer on a non-holder node vs the holder")
-    media = work / "media"
-    media.mkdir()
-    video = make_demo_video(media / "busy.mp4", 640, 360, 25, 10, noise_rows=24)
-    flags = ["--ice-addresses", "127.0.0.1", "--live-close-after", "1"]
-    with cluster(args, processes, work, "p3", 2, flags) as group:
-        holder = group.nodes[0]
-        key = group.agent_key(1)
-        (work / "p3-agent").mkdir()
-        agent_log = work / "p3-agent.log"
-        with agent_log.open("wb") as log:
-            agent = processes.start(
-                [sys.executable, "-m", "relay", "agent", "--server", holder.base, "--data",
-                 str(work / "p3-agent")], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                env={**os.environ, "RELAY_AGENT_KEY": key}, cwd=ROOT)
-        gatherers = wait_until(lambda: group.api(holder, "list_gather")["data"], 30,
-                               "the agent registers", interval=0.2)
-        camera_id = group.api(holder, "add_camera", camera_name="bench", stream_prop=1,
-                              gather_id=gatherers[0]["gather_id"],
-                              stream_mp4=str(video))["camera_id"]
-        wait_until(lambda: group.api(holder, "get_camera_status",
-                                     camera_id=camera_id)["status"] == 1,
-                   30, "camera online", interval=0.2)
-        print(f"agent PID {agent.pid} linked to node 0; camera {camera_id}", flush=True)
+    video = busy_video(work / "media-p3")
+    with cluster(args, processes, work, "p3", 2, LIVE_FLAGS) as group:
+        agent, camera_id, _ = start_camera_agent(group, work / "p3-agent", video)
         part = asyncio.run(first_frames(group, camera_id, args.ff_runs))
         problems = group.problems()
         processes.stop(agent)
@@ -600,6 +658,324 @@ def part_first_frame(args: argparse.Namespace, processes: Processes, work: Path)
             "results": {f"{w} {k}": v for (w, k), v in results.items()}}
 
 
+# --------------------------------------------------------------------------- part 4
+
+FANOUT_GOAL = 1.7
+FANOUT_RAMP = "20,60,100,140,160,180,200,220,240,260,280,300,340,400"
+ONE, TWO = "1 node", "2 nodes"
+
+
+def pin(pid: int, cpus: str) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (taskset's list form); threads it makes later
+    inherit that."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True,
+                   stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=10)
+
+
+@dataclass
+class Watched:
+    """What bench/live.py's ``ViewersProcess`` needs of a live system (``base``, ``camera_id``,
+    ``play_url()``), for one node of the cluster: its viewers sign in and play on that node."""
+
+    group: Cluster
+    node: Node
+    camera_id: int
+
+    @property
+    def base(self) -> str:
+        return self.node.base
+
+    def play_url(self) -> str:
+        return node_play_url(self.group, self.camera_id, self.node)
+
+
+@dataclass
+class Step:
+    """One measured N of one arrangement in one round."""
+
+    arrangement: str
+    round_no: int
+    n: int
+    loss_pct: float  # packet_loss_pct + dropped_pct; 100 when the step failed
+    packet_loss_pct: float  # packets numbered that the viewers never received
+    dropped_pct: float  # frames never sent: short of what the RTP timestamps span
+    late_pct: float  # frames received short of the video's rate on the wall clock (stalls)
+    loss_by_process: list[float]  # loss_pct of each viewers process's peers
+    fps_min: float  # the worst viewer's frames a second
+    cpu: dict[str, float]  # % of one core: A, B, viewers, agent; machine: % of all cores
+    connect_s: float
+    load: str
+    failed: str = ""
+
+
+def ask_all(viewers: list[Any], commands_: list[str], timeout: float = 300) -> list[dict[str, Any]]:
+    """One command to each viewers process at once (they work in parallel), then their answers."""
+    for viewer, command in zip(viewers, commands_, strict=True):
+        viewer.child.stdin.write(command + "\n")
+        viewer.child.stdin.flush()
+    return [viewer.call_answer(None, timeout) for viewer in viewers]
+
+
+def counts_at(viewers: list[Any]) -> tuple[float, list[list[list[int]]]]:
+    """Every peer's counters, per viewers process, and when (the middle of the asking)."""
+    asked = time.monotonic()
+    answers = ask_all(viewers, ["counts"] * len(viewers), 60)
+    at = (asked + time.monotonic()) / 2
+    if lost := sum(answer["lost"] for answer in answers):
+        raise RuntimeError(f"{lost} viewer session(s) lost (heartbeat answered 404)")
+    return at, [answer["counts"] for answer in answers]
+
+
+def window_loss(deltas: list[list[int]], before: list[list[int]], elapsed: float, fps: float
+                ) -> tuple[float, float, float, list[float]]:
+    """(packet loss %, frames dropped %, frames late %, each peer's fps) of some peers' counter
+    deltas (bench/live.py's fields: jitter-buffer frames and bytes, packets, bytes, marker bits,
+    highest sequence number, not new, other streams' packets, highest RTP timestamp). Sequence
+    numbers and timestamps only of peers that had their first packet before the window."""
+    counted = [d for d, row in zip(deltas, before, strict=True) if row[2] > 0]
+    numbered = sum(d[5] for d in counted)
+    packet_loss = max(numbered - sum(d[2] - d[6] for d in counted), 0) / max(numbered, 1) * 100
+    spanned = sum(d[8] for d in counted) / 90000 * fps  # frames the timestamps went through
+    dropped = max(0.0, 1 - sum(d[4] for d in counted) / spanned) * 100 if spanned else 100.0
+    if len(counted) < len(deltas):  # a peer that got nothing yet: all of it lost
+        packet_loss = max(packet_loss, 100.0 * (len(deltas) - len(counted)) / len(deltas))
+    rates = [d[4] / elapsed for d in deltas]
+    late = max(0.0, 1 - sum(rates) / (len(rates) * fps)) * 100 if rates else 100.0
+    return packet_loss, dropped, late, rates
+
+
+def fanout_window(viewers: list[Any], pids: dict[str, list[int]], window: float, fps: float,
+                  ) -> tuple[tuple[float, float, float, list[float]], list[float], dict[str, float]]:
+    """Loss over ``window`` s (of all peers, and each process's loss %) and CPU."""
+    import live
+
+    before_at, before = counts_at(viewers)
+    ticks = {name: sum(cpu_ticks(pid) for pid in group) for name, group in pids.items()}
+    busy, total = live.machine_ticks()
+    started = time.monotonic()
+    time.sleep(window)
+    spent = time.monotonic() - started
+    cpu = {name: (sum(cpu_ticks(pid) for pid in group) - ticks[name]) / CLOCK_TICKS / spent * 100
+           for name, group in pids.items()}
+    busy1, total1 = live.machine_ticks()
+    cpu["machine"] = (busy1 - busy) / max(total1 - total, 1) * 100
+    after_at, after = counts_at(viewers)
+    elapsed = after_at - before_at
+    deltas = [[[a - b for a, b in zip(row_after, row_before, strict=True)]
+               for row_after, row_before in zip(rows_after, rows_before, strict=True)]
+              for rows_after, rows_before in zip(after, before, strict=True)]
+    each = [window_loss(d, b, elapsed, fps) for d, b in zip(deltas, before, strict=True)]
+    whole = window_loss([row for d in deltas for row in d], [row for b in before for row in b],
+                        elapsed, fps)
+    return whole, [packets + dropped for packets, dropped, _, _ in each], cpu
+
+
+def agent_pushes(agent_log: Path, camera_id: int) -> int:
+    """Pushes of the camera the agent has started so far (its log's info lines)."""
+    return len(re.findall(rf"camera {camera_id}: push \S+ started",
+                          agent_log.read_text(errors="replace")))
+
+
+def fanout_ramp(args: argparse.Namespace, group: Cluster, camera_id: int, agent: Any,
+                agent_log: Path, arrangement: str, round_no: int, fps: float,
+                checks: list[str]) -> list[Step]:
+    """One arrangement's ramp of N in one round: two viewers processes (N/2 peers each), both on
+    node A (1 node) or one on A and one on B (2 nodes); up to the first N over ``--loss``."""
+    import live
+
+    holder, other = group.nodes
+    bases = [node.base for node in group.nodes]
+    wait_idle(bases, 30)
+    pushes_before = agent_pushes(agent_log, camera_id)
+    places = [holder, holder if arrangement == ONE else other]
+    viewers = []
+    steps: list[Step] = []
+    try:
+        for index, node in enumerate(places):
+            viewers.append(live.ViewersProcess(
+                group.processes, Watched(group, node, camera_id),
+                group.work / f"p4-viewers-r{round_no}-{arrangement[0]}-{index}.log", "light"))
+            pin(viewers[-1].child.pid, args.cpu_clients)
+        pids = {"A": [holder.child.pid], "B": [other.child.pid],
+                "viewers": [viewer.child.pid for viewer in viewers], "agent": [agent.pid]}
+        for n in args.fanout_viewers:
+            split = [n // 2, n - n // 2]
+            on_a = split[0] + (split[1] if arrangement == ONE else 0)
+            # each viewers process also keeps a heartbeat-only session; B's pull is one on A
+            expected = ([on_a + 2, 0] if arrangement == ONE else [on_a + 2, split[1] + 1])
+            load_now = load()
+            started = time.monotonic()
+            try:
+                ask_all(viewers, [f"set {count}" for count in split], args.fanout_connect)
+                connect_s = time.monotonic() - started
+                wait_until(lambda expected=expected: [int(metric(b, "relay_live_viewers"))
+                                                      for b in bases] == expected,
+                           30, f"viewer sessions per node {expected}", interval=0.2)
+                time.sleep(args.fanout_settle)
+                pushes = [int(metric(base, "relay_live_pushes")) for base in bases]
+                seen = [int(metric(base, "relay_live_viewers")) for base in bases]
+                links = seen[0] - (on_a + (2 if arrangement == ONE else 1))
+                agent_started = agent_pushes(agent_log, camera_id) - pushes_before
+                check = (f"{arrangement} N={n}: pushes per node {pushes}, node links into A "
+                         f"{links}, pushes the agent started {agent_started}")
+                want_links = 0 if arrangement == ONE else 1
+                if pushes != [1, 0] or links != want_links or agent_started != 1:
+                    raise RuntimeError(f"expected pushes [1, 0], {want_links} node link(s), one "
+                                       f"push started: {check}")
+                checks.append(check)
+                (packet_loss, dropped, late, rates), each, cpu = fanout_window(
+                    viewers, pids, args.fanout_window, fps)
+                step = Step(arrangement, round_no, n, packet_loss + dropped, packet_loss, dropped,
+                            late, each, min(rates, default=0.0), cpu, connect_s, load_now)
+            except (RuntimeError, TimeoutError) as exc:
+                step = Step(arrangement, round_no, n, 100.0, math.nan, math.nan, math.nan, [],
+                            math.nan, {}, time.monotonic() - started, load_now,
+                            failed=str(exc)[:200])
+            steps.append(step)
+            if step.failed:
+                print(f"  round {round_no} {arrangement:7} N={n:3}: failed: {step.failed}",
+                      flush=True)
+                break
+            print(f"  round {round_no} {arrangement:7} N={n:3} ({split[0]}+{split[1]}, joined in "
+                  f"{step.connect_s:4.1f} s): loss {step.loss_pct:5.2f} % (packets "
+                  f"{step.packet_loss_pct:.2f} + frames dropped {step.dropped_pct:.2f}; per "
+                  f"process {'/'.join(f'{v:.2f}' for v in step.loss_by_process)}; late "
+                  f"{step.late_pct:.2f}, worst viewer {step.fps_min:.1f} fps); CPU % of a core: "
+                  f"A {step.cpu['A']:5.1f}, B "
+                  f"{step.cpu['B']:5.1f}, viewers {step.cpu['viewers']:5.1f}, agent "
+                  f"{step.cpu['agent']:4.1f}, machine {step.cpu['machine']:3.0f} % of 2; load "
+                  f"{load_now}", flush=True)
+            if step.loss_pct > args.loss:
+                break
+    finally:
+        for viewer in viewers:
+            viewer.close()
+    return steps
+
+
+def fanout_capacity(steps: list[Step], arrangement: str, round_no: int, counts: list[int],
+                    threshold: float) -> tuple[int, bool]:
+    """The largest N of one ramp at or under the threshold, below the first N over it; and
+    whether the ramp went over at all (False: the capacity is at least the top of the ramp)."""
+    capacity = 0
+    for n in counts:
+        step = next((s for s in steps if (s.arrangement, s.round_no, s.n) ==
+                     (arrangement, round_no, n)), None)
+        if step is None or step.loss_pct > threshold:
+            return capacity, True
+        capacity = n
+    return capacity, False
+
+
+def part_fanout(args: argparse.Namespace, processes: Processes, work: Path) -> dict[str, Any]:
+    import live
+
+    state = before_part("part 4: WebRTC fan-out of one camera, viewers over 2 nodes vs all on 1")
+    video = busy_video(work / "media-p4")
+    info = live.video_info(video)
+    counts = args.fanout_viewers
+    steps: list[Step] = []
+    checks: list[str] = []
+    loads = []
+    with cluster(args, processes, work, "p4", 2, LIVE_FLAGS) as group:
+        holder, other = group.nodes
+        pin(holder.child.pid, args.cpu_a)
+        pin(other.child.pid, args.cpu_b)
+        agent, camera_id, agent_log = start_camera_agent(group, work / "p4-agent", video)
+        pin(agent.pid, args.cpu_clients)
+        print(f"pinned: node A (PID {holder.child.pid}) CPU {args.cpu_a}, node B (PID "
+              f"{other.child.pid}) CPU {args.cpu_b}, agent and viewers processes CPU "
+              f"{args.cpu_clients}; video {info['kbps']:.0f} kbit/s, {info['fps']:g} fps",
+              flush=True)
+        for round_no in range(1, args.fanout_rounds + 1):
+            loads.append(load())
+            order = [ONE, TWO] if round_no % 2 else [TWO, ONE]
+            for arrangement in order:
+                steps += fanout_ramp(args, group, camera_id, agent, agent_log, arrangement,
+                                     round_no, info["fps"], checks)
+        wait_idle([node.base for node in group.nodes], 30)
+        problems = group.problems()
+        processes.stop(agent)
+    rounds = range(1, args.fanout_rounds + 1)
+    capacity = {arrangement: [fanout_capacity(steps, arrangement, r, counts, args.loss)
+                              for r in rounds] for arrangement in (ONE, TWO)}
+    median_cap = {a: statistics.median(c for c, _ in capacity[a]) for a in capacity}
+    ratio = median_cap[TWO] / median_cap[ONE] if median_cap[ONE] else math.nan
+    met = ratio >= FANOUT_GOAL
+    topped = [a for a in capacity if any(not over for _, over in capacity[a])]
+    verdict = ("met" if met else "missed") + (
+        f" (the ramp's top reached without loss in {', '.join(topped)}: a bound, not a capacity; "
+        f"raise --fanout-viewers)" if topped else "")
+    lines = [
+        f"Two nodes on one PostgreSQL and one Redis of the bench's own (`{' '.join(LIVE_FLAGS)}`); "
+        f"a real `relay agent` linked to node A pushing bench/live.py's busy MP4 "
+        f"({info['width']}x{info['height']}, {info['fps']:g} fps, {info['kbps']:.0f} kbit/s); "
+        f"viewers: two bench/live.py `--role viewers` processes (`--client light`: aiortc peers "
+        f"that decrypt SRTP and count RTP headers), N/2 peers each, both on node A (1 node) or "
+        f"one on A and one on B (2 nodes: B pulls the camera from A over one node-to-node link). "
+        f"Pinned with taskset: node A CPU {args.cpu_a}, node B CPU {args.cpu_b}, the agent and "
+        f"the viewers processes CPU {args.cpu_clients} (redis and the rest unpinned). Ramp "
+        f"{', '.join(map(str, counts))} viewers, up to the first N whose loss > {args.loss:g} %; "
+        f"loss % = RTP packets never received (sequence numbers) + frames never sent (marker "
+        f"bits short of the frames the RTP timestamps went through: a relay that falls behind "
+        f"drops whole GOPs before numbering them); late % = frames received short of "
+        f"{info['fps']:g} fps on the wall clock (stalls, not in the loss); CPU % of one core, "
+        f"machine % of both; {args.fanout_settle:g} s to settle, then "
+        f"{args.fanout_window:g} s measured. {args.fanout_rounds} rounds, the arrangements "
+        f"alternating; nproc {os.cpu_count()}; {state}, at the end {load()}; loads per round "
+        f"{loads}; relay code {tree_state()}",
+        "",
+        f"| N | {ONE}: loss % | late % | A CPU % | viewers CPU % | machine % | {TWO}: loss % "
+        f"| late % | A CPU % | B CPU % | viewers CPU % | machine % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def cells(arrangement: str, n: int, names: list[str]) -> list[str]:
+        picked = [s for s in steps if (s.arrangement, s.n) == (arrangement, n)]
+        measured = [s for s in picked if not s.failed]
+        if not picked:
+            return ["-"] * (len(names) + 2)
+        losses = [s.loss_pct for s in picked] + [math.inf] * sum(
+            1 for r in rounds if not any(s.round_no == r for s in picked))
+        loss = statistics.median(losses)
+        text = "over" if math.isinf(loss) else f"{loss:.2f}"
+        if len(picked) < len(rounds) or len(measured) < len(picked):
+            text += f" ({len(measured)} of {len(rounds)} rounds)"
+        late = f"{statistics.median(s.late_pct for s in measured):.2f}" if measured else "-"
+        return [text, late] + [f"{statistics.median(s.cpu[name] for s in measured):.0f}"
+                               if measured else "-" for name in names]
+
+    for n in counts:
+        row = cells(ONE, n, ["A", "viewers", "machine"]) + cells(TWO, n, ["A", "B", "viewers",
+                                                                          "machine"])
+        if any(cell != "-" for cell in row):
+            lines.append(f"| {n} | " + " | ".join(row) + " |")
+    per_round = []
+    for r in rounds:
+        one, two = capacity[ONE][r - 1], capacity[TWO][r - 1]
+        per_round.append(f"round {r}: {one[0]}{'' if one[1] else '+'} vs {two[0]}"
+                         f"{'' if two[1] else '+'}")
+    lines += ["", f"| capacity at loss <= {args.loss:g} % | {ONE} | {TWO} | ratio 2/1 | goal >= "
+              f"{FANOUT_GOAL:g}x |", "|---|---:|---:|---:|---|",
+              f"| median of the rounds' capacities | {median_cap[ONE]:g} | {median_cap[TWO]:g} | "
+              f"{ratio:.2f} | {verdict} |", "",
+              "Per round (1 node vs 2 nodes; + = never over the threshold up to the top of the "
+              "ramp): " + "; ".join(per_round)]
+    failures = [f"round {s.round_no} {s.arrangement} N={s.n}: {s.failed}" for s in steps if s.failed]
+    lines += ["", "Checked at every step (the agent pushes once, to A; B pulls over one link): "
+              + ("all as expected: pushes per node [1, 0], node links into A 0 (1 node) / 1 "
+                 f"(2 nodes), one push started per ramp ({len(checks)} steps)"
+                 if checks else "no step got that far")]
+    if checks:
+        lines.append(f"e.g. {checks[-1]}")
+    lines += [f"failed step: {failure}" for failure in failures]
+    lines += ["", *problems]
+    table = "\n".join(lines)
+    print("\n" + table + "\n", flush=True)
+    return {"table": table, "ok": True, "goal_met": met, "ratio": ratio,
+            "capacity": capacity, "steps": [s.__dict__ for s in steps]}
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -607,7 +983,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="1,2,3", metavar="N[,N]",
                         type=lambda text: sorted({int(v) for v in text.split(",") if v}),
-                        help="parts to run (default 1,2,3; part 4 is not written yet)")
+                        help="parts to run, of 1-4 (default 1,2,3: part 4 takes ~25 minutes)")
     parser.add_argument("--rounds", type=int, default=5, help="part 1 rounds (default 5)")
     parser.add_argument("--duration", type=float, default=5,
                         help="part 1: seconds of wrk per target and round (default 5)")
@@ -627,6 +1003,26 @@ def _parser() -> argparse.ArgumentParser:
                         "(default 2 leases + 2 s: past the dead node's lease and two sweeps)")
     parser.add_argument("--ff-runs", type=int, default=8,
                         help="part 3 rounds after the warm-up (default 8)")
+    parser.add_argument("--fanout-rounds", type=int, default=3,
+                        help="part 4 rounds, each ramping both arrangements (default 3)")
+    parser.add_argument("--fanout-viewers", default=FANOUT_RAMP,
+                        metavar="N[,N]", type=lambda text: sorted({int(v) for v in
+                                                                   text.split(",") if v}),
+                        help=f"part 4: the ramp of viewers (default {FANOUT_RAMP})")
+    parser.add_argument("--fanout-window", type=float, default=10,
+                        help="part 4: seconds measured at each N (default 10)")
+    parser.add_argument("--fanout-settle", type=float, default=3,
+                        help="part 4: seconds after the viewers joined before measuring (default 3)")
+    parser.add_argument("--fanout-connect", type=float, default=180,
+                        help="part 4: give up on N viewers joining after this many seconds "
+                        "(default 180; counted as over the threshold)")
+    parser.add_argument("--loss", type=float, default=1.0,
+                        help="part 4: the loss %% a capacity allows (default 1)")
+    parser.add_argument("--cpu-a", default="0", help="part 4: taskset CPUs of node A (default 0)")
+    parser.add_argument("--cpu-b", default="1", help="part 4: taskset CPUs of node B (default 1)")
+    parser.add_argument("--cpu-clients", default="0,1",
+                        help="part 4: taskset CPUs of the agent and the viewers processes "
+                        "(default 0,1: wherever the scheduler finds room)")
     parser.add_argument("--node-lease", type=float, default=6.0,
                         help="every node's --node-lease (default 6, relay's default)")
     parser.add_argument("--postgres", default=POSTGRES_ADMIN, metavar="URL",
@@ -642,13 +1038,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not args.only or set(args.only) - {1, 2, 3}:
-        raise SystemExit("bench: --only takes parts 1, 2 and 3 (part 4 is not written yet)")
+    if not args.only or set(args.only) - {1, 2, 3, 4}:
+        raise SystemExit("bench: --only takes parts 1, 2, 3 and 4")
     if min(args.rounds, args.duration, args.callers, args.agents, args.agent_procs, args.ff_runs,
-           args.limit, args.node_lease) <= 0 or args.settle < 0:
+           args.limit, args.node_lease, args.fanout_rounds, args.fanout_window, args.loss,
+           args.fanout_connect, *(args.fanout_viewers or [0])) <= 0 or min(
+               args.settle, args.fanout_settle) < 0:
         raise SystemExit("bench: counts, rates and durations must be positive")
     if 1 in args.only and shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (part 1 needs it)")
+    if 4 in args.only and shutil.which("taskset") is None:
+        raise SystemExit("bench: taskset is not installed (part 4 pins the nodes with it)")
     if shutil.which("redis-server") is None:
         raise SystemExit("bench: redis-server is not installed")
     signal.signal(signal.SIGTERM, interrupt)
@@ -657,7 +1057,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"argv": sys.argv, "nproc": os.cpu_count()}
     started = time.monotonic()
     parts = {1: ("commands", part_commands), 2: ("failover", part_failover),
-             3: ("first_frame", part_first_frame)}
+             3: ("first_frame", part_first_frame), 4: ("fanout", part_fanout)}
     command = "$ .venv/bin/python " + " ".join(
         [re.sub(r"^.*?bench/", "bench/", sys.argv[0]), *sys.argv[1:]])
     try:

@@ -452,7 +452,7 @@ def viewers_main(args: argparse.Namespace) -> None:
         if len(data) >= 12:
             ssrc = int.from_bytes(data[8:12], "big")
             seq = int.from_bytes(data[2:4], "big")
-            stream = rtp.setdefault(id(self), {}).setdefault(ssrc, [0, 0, 0, -1, 0])
+            stream = rtp.setdefault(id(self), {}).setdefault(ssrc, [0, 0, 0, -1, 0, -1])
             stream[0] += 1
             stream[1] += len(data)
             stream[2] += data[1] >> 7  # the marker bit: the last packet of an access unit
@@ -464,6 +464,11 @@ def viewers_main(args: argparse.Namespace) -> None:
                     stream[3] += ahead  # the highest sequence number, unwrapped
                 else:
                     stream[4] += 1  # not new: a retransmission, duplicate or reordered packet
+            stamp = int.from_bytes(data[4:8], "big")
+            if stream[5] < 0:
+                stream[5] = stamp
+            elif 0 < (later := (stamp - stream[5]) % 2**32) < 2**31:
+                stream[5] += later  # the highest RTP timestamp, unwrapped (frames the relay sent)
         if full:
             await handle_rtp(self, data, arrival_time_ms)
 
@@ -566,14 +571,16 @@ async def viewers_loop(args: argparse.Namespace, frames: dict[int, list[int]],
     def frame_counts() -> list[list[int]]:
         """Per peer, COUNT_FIELDS: frames and bytes out of the jitter buffer (full client only), then
         of its media stream RTP packets, bytes, marker bits, the highest sequence number (unwrapped)
-        and packets that were not new; then packets of its other streams (RTX)."""
+        and packets that were not new; then packets of its other streams (RTX); last, the media
+        stream's highest RTP timestamp (unwrapped: bench/cluster.py tells frames dropped before
+        sending from its span)."""
         out = []
         for peer in peers:
             track = peer["track"]
             row = list(frames.get(id(track._queue), [0, 0])) if track is not None else [0, 0]
             streams = sorted(rtp.get(id(peer["transport"]), {}).values(), key=lambda s: -s[0])
-            media = streams[0] if streams else [0, 0, 0, 0, 0]
-            out.append(row + media + [sum(s[0] for s in streams[1:])])
+            media = streams[0] if streams else [0, 0, 0, 0, 0, 0]
+            out.append(row + media[:5] + [sum(s[0] for s in streams[1:]), media[5]])
         return out
 
     def reply(message: dict[str, Any]) -> None:
