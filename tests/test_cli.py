@@ -1,15 +1,42 @@
-"""The ``relay`` command as a newcomer uses it: real processes, real data dirs."""
+"""The ``relay`` command as a newcomer uses it: real processes, real data dirs.
+
+A first start and the user commands beside a running relay (``BOTH``) run on the data dir's
+SQLite file and on a fresh PostgreSQL database (``RELAY_DATABASE_URL``); the rest are about the
+data dir and the settings themselves.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RELAY, eventually, start_relay, stop_relay
+from conftest import RELAY, eventually, fresh_postgres, start_relay, stop_relay
+
+#: A test of the catalogue through the command: on SQLite and on PostgreSQL.
+BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def backend(request) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
+    """The commands' environment: RELAY_DATABASE_URL of a fresh PostgreSQL database for the
+    postgresql run of a ``BOTH`` test (on a loop of its own, kept open for the test: a loop that
+    ends would finalize the context manager at once), nothing (the SQLite file) otherwise."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield {}
+        return
+    loop = asyncio.new_event_loop()
+    database = fresh_postgres()
+    try:
+        yield {"RELAY_DATABASE_URL": loop.run_until_complete(database.__aenter__())}
+    finally:
+        loop.run_until_complete(database.__aexit__(None, None, None))
+        loop.close()
 
 
 def relay(*args: str, env: dict[str, str] | None = None, check: bool = True):
@@ -27,9 +54,10 @@ def get_json(url: str) -> dict:
         return json.load(response)
 
 
-def test_first_start_prints_admin_and_credential_once(tmp_path: Path):
+@BOTH
+def test_first_start_prints_admin_and_credential_once(tmp_path: Path, backend: dict[str, str]):
     data = tmp_path / "data"
-    first = start_relay(data)
+    first = start_relay(data, env=backend)
     try:
         assert first.password and first.credential
         assert f"curl '{first.base_url}/api/v1/access_token?unionid={first.credential}'" in (
@@ -41,8 +69,8 @@ def test_first_start_prints_admin_and_credential_once(tmp_path: Path):
     finally:
         log = stop_relay(first)
     assert first.credential not in log and first.password not in log
-    assert (data / "relay.sqlite3").exists()
-    second = start_relay(data)
+    assert (data / "relay.sqlite3").exists() == (not backend)  # the catalogue is where it says
+    second = start_relay(data, env=backend)
     try:
         assert second.banner == ""  # nothing printed again: the account exists
         token = get_json(f"{second.base_url}/api/v1/access_token?unionid={first.credential}")
@@ -55,10 +83,10 @@ def test_first_start_prints_admin_and_credential_once(tmp_path: Path):
     assert first.credential not in restart_log and first.password not in restart_log
 
 
-def make_catalogue(data: str) -> None:
+def make_catalogue(data: str, env: dict[str, str] | None = None) -> None:
     """What a first ``relay serve`` leaves behind: a catalogue (the commands refuse a data dir
     without one)."""
-    stop_relay(start_relay(Path(data)))
+    stop_relay(start_relay(Path(data), env=env))
 
 
 def test_management_commands_refuse_a_data_dir_without_a_catalogue(tmp_path: Path):
@@ -79,34 +107,39 @@ def test_management_commands_refuse_a_data_dir_without_a_catalogue(tmp_path: Pat
     assert not (tmp_path / "data").exists()
 
 
-def test_user_commands(tmp_path: Path):
+@BOTH
+def test_user_commands(tmp_path: Path, backend: dict[str, str]):
     data = str(tmp_path / "data")
-    make_catalogue(data)
-    relay("user", "add", "boss", "--admin", "--data", data, env={"RELAY_PASSWORD": "long enough"})
-    relay("user", "add", "teacher", env={"RELAY_PASSWORD": "long enough", "RELAY_DATA": data})
-    credential = relay("user", "credential", "boss", "--data", data).stdout.strip()
+
+    def cli(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+        return relay(*args, env={**backend, **(env or {})})
+
+    make_catalogue(data, backend)
+    cli("user", "add", "boss", "--admin", "--data", data, env={"RELAY_PASSWORD": "long enough"})
+    cli("user", "add", "teacher", env={"RELAY_PASSWORD": "long enough", "RELAY_DATA": data})
+    credential = cli("user", "credential", "boss", "--data", data).stdout.strip()
     assert len(credential) == 32
-    listing = relay("user", "list", "--data", data).stdout
+    listing = cli("user", "list", "--data", data).stdout
     assert "boss\tadmin" in listing and "teacher\tuser" in listing
 
-    server = start_relay(Path(data))
+    server = start_relay(Path(data), env=backend)
     try:
         assert server.banner == ""  # the first start printed its banner already
         base = server.base_url
         token = get_json(f"{base}/api/v1/access_token?unionid={credential}")["token"]
         assert get_json(f"{base}/api/v1/list_gather?token={token}")["err_code"] == 0
-        teacher = relay("user", "credential", "teacher", "--data", data).stdout.strip()
+        teacher = cli("user", "credential", "teacher", "--data", data).stdout.strip()
         assert get_json(f"{base}/api/v1/access_token?unionid={teacher}")["err_code"] == 1003
 
-        rotated = relay("user", "rotate", "boss", "--data", data).stdout.strip()
+        rotated = cli("user", "rotate", "boss", "--data", data).stdout.strip()
         assert rotated != credential and len(rotated) == 32
-        assert relay("user", "credential", "boss", "--data", data).stdout.strip() == rotated
+        assert cli("user", "credential", "boss", "--data", data).stdout.strip() == rotated
         assert get_json(f"{base}/api/v1/access_token?unionid={credential}")["err_code"] == 1002
         # Token checks see another process's change within TOKEN_CHECK_TTL (1 s).
         eventually(lambda: get_json(f"{base}/api/v1/list_gather?token={token}")["err_code"] == 1007,
                    timeout=3)
         fresh = get_json(f"{base}/api/v1/access_token?unionid={rotated}")["token"]
-        relay("user", "admin", "boss", "off", "--data", data)
+        cli("user", "admin", "boss", "off", "--data", data)
         eventually(lambda: get_json(f"{base}/api/v1/list_gather?token={fresh}")["err_code"] == 1003,
                    timeout=3)
     finally:
