@@ -5,8 +5,9 @@ hostile agent would), and the real ``Uploader`` over a real spool for the agent'
 Gatherers are registered by a real hello on ``/agent``; cameras are added through the API.
 The relay's catalogue is a SQLite file; the tests of what an upload leaves in the catalogue (a
 record, a snapshot, the rows space makes room by deleting, the rows a restart finishes or keeps:
-``BOTH``) run on a fresh PostgreSQL database too. The byte-level ones (offsets, sizes,
-checksums, reads) do not, for CI's time: no catalogue call tells the backends apart there.
+``BOTH``) run on a fresh PostgreSQL database too. The others (offsets, sizes, checksums, reads,
+refusals, the uploader's copy) do not, for CI's time: their subject is the bytes and the
+protocol, whose catalogue calls the ``BOTH`` tests make on each backend already.
 """
 
 from __future__ import annotations
