@@ -56,6 +56,56 @@ async def test_a_slow_subscriber_drops_whole_gops():
     assert await subscription.get() is None
 
 
+async def _drain(subscription: Subscription, count: int) -> list[tuple[float, float]]:  # type: ignore[type-arg]
+    """``count`` packets from it: (seconds since the first, its media time)."""
+    loop, got = asyncio.get_running_loop(), []
+    for _ in range(count):
+        packet = await subscription.get()
+        got.append((loop.time(), float(packet.pts * packet.time_base)))
+    return [(when - got[0][0], media) for when, media in got]
+
+
+def _publish_gop(feed: LiveFeed, seconds: float, fps: int = 25) -> int:
+    frames = int(seconds * fps)
+    for n in range(frames):
+        feed.publish(b"\x00\x00\x00\x01\x65" if n == 0 else b"\x00\x00\x00\x01\x41",
+                     n * 90_000 // fps, n == 0)
+    return frames
+
+
+async def test_a_joining_webrtc_viewer_gets_the_cached_gop_paced_then_live():
+    feed = LiveFeed(lambda: None)
+    frames = _publish_gop(feed, 2.0)  # a 2 s GOP waits: 3x real time, so ~0.67 s to send
+    paced, unpaced = feed.subscribe(paced=True), feed.subscribe()
+    first = await _drain(unpaced, frames)
+    assert first[-1][0] < 0.05  # a node link (TCP) takes it at once
+    got = await _drain(paced, frames)
+    assert got[0][0] == 0  # the keyframe at once: the viewer decodes straight away
+    halfway = got[frames // 2]
+    assert 0.3 < halfway[0] < 0.5, halfway  # 1 s of video in ~1/3 s: spread, not a burst
+    assert 0.6 < got[-1][0] < 0.9, got[-1]
+    # Caught up (its queue ran empty): live frames go as they come, unpaced from then on.
+    loop = asyncio.get_running_loop()
+    for n in range(frames, frames + 5):
+        feed.publish(b"\x00\x00\x00\x01\x41", n * 90_000 // 25, False)
+        published = loop.time()
+        await paced.get()
+        assert loop.time() - published < 0.01
+
+
+async def test_a_long_backlog_is_paced_faster_and_a_timeline_jump_ends_the_pacing():
+    feed = LiveFeed(lambda: None)
+    frames = _publish_gop(feed, 6.0)  # 6 s waiting: 7x, live within about a second
+    got = await _drain(feed.subscribe(paced=True), frames)
+    assert 0.8 < got[-1][0] < 1.1, got[-1]
+    feed = LiveFeed(lambda: None)
+    frames = _publish_gop(feed, 1.0)
+    feed.publish(b"\x00\x00\x00\x01\x41", 3600 * 90_000, False)  # an hour later: a jump
+    subscription = feed.subscribe(paced=True)
+    got = await _drain(subscription, frames + 1)
+    assert got[-1][0] < 0.5, got[-1]  # paced until the jump, never an hour's wait
+
+
 def annexb_frames(path: Path, count: int) -> list[tuple[bytes, int, bool]]:
     frames = []
     with av.open(str(path)) as container:

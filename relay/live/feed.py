@@ -4,6 +4,13 @@ Each frame becomes one ``av.Packet`` (Annex-B H.264, 90 kHz pts) that every subs
 relay encodes nothing per viewer. The feed keeps the current GOP (from the last keyframe) so a new
 viewer starts decoding at once. A subscriber that falls behind drops whole GOPs: once its queue is
 full it skips everything up to the next keyframe, never a single frame mid-GOP.
+
+A WebRTC viewer's cached GOP is *paced* (``subscribe(paced=True)``): sent whole at once, up to two
+seconds of video (~220 RTP packets a viewer) overflowed viewers' socket buffers when many joined
+together. From its first frame it goes at ``speed`` × real time (at least ``MIN_SPEEDUP``, more for a
+long backlog so that it is live within ``CATCH_UP`` s), so the viewer decodes at once and reaches the
+live edge soon after; pacing ends for good once its queue is empty (it is live) or its timeline
+jumps. A node-to-node link (TCP) takes the GOP unpaced: the node it feeds paces its own viewers.
 """
 
 from __future__ import annotations
@@ -21,6 +28,12 @@ from . import census
 
 MAX_GOP_FRAMES = 600
 MAX_GOP_BYTES = 16 * 1024 * 1024
+#: A joining viewer's backlog goes at least this many times real time...
+MIN_SPEEDUP = 3.0
+#: ...and faster when it is long, so that the viewer is live within about this many seconds.
+CATCH_UP = 1.0
+#: A frame due this far ahead of the pace is a jump in the timeline (not a backlog): pacing ends.
+PACE_JUMP = 0.5
 
 T = TypeVar("T")
 
@@ -29,10 +42,13 @@ class Subscription(Generic[T]):
     """One viewer's queue of shared items (packets, or MP4 fragments), awaited: a
     :class:`WholeGopQueue` that catches up, so a viewer that fell behind comes back live."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, media_time: Callable[[T], float] | None = None) -> None:
         self._queue: WholeGopQueue[T] = WholeGopQueue(limit, catch_up=True)
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
+        #: An item's media time in seconds, while its backlog is paced (None: not, or no longer).
+        self._media_time = media_time
+        self._pace: tuple[float, float, float] | None = None  # wall start, media start, speed
         census.track("subscription", self)
 
     @property
@@ -55,13 +71,39 @@ class Subscription(Generic[T]):
         self._wake()
 
     async def get(self) -> T | None:
-        """The next item, or None once the subscription is closed."""
+        """The next item, or None once the subscription is closed; while a backlog is paced, not
+        before its time."""
         while not self._queue:
             if self.closed:
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        return self._queue.pop()
+        item = self._queue.pop()
+        if self._media_time is not None:
+            await self._wait_for_pace(item)
+        return item
+
+    async def _wait_for_pace(self, item: T) -> None:
+        assert self._media_time is not None
+        media, now = self._media_time(item), asyncio.get_running_loop().time()
+        newest = self._queue.newest()
+        if newest is None:  # nothing waits behind it: live
+            self._media_time = None
+            return
+        if self._pace is None:  # the first frame goes at once and sets the pace
+            behind = self._media_time(newest) - media
+            self._pace = (now, media, max(MIN_SPEEDUP, 1 + behind / CATCH_UP))
+            return
+        start, media_start, speed = self._pace
+        ahead = start + (media - media_start) / speed - now
+        if media < media_start or ahead > PACE_JUMP:  # a new timeline, or a gap: not a backlog
+            self._media_time = None
+        elif ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+def _packet_seconds(packet: av.Packet) -> float:
+    return float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
 
 
 class LiveFeed:
@@ -84,9 +126,11 @@ class LiveFeed:
             subscription.offer(packet, keyframe)
         return packet
 
-    def subscribe(self, limit: int = 300) -> Subscription[av.Packet]:
-        """A new viewer's queue, primed with the current GOP so it can decode at once."""
-        subscription: Subscription[av.Packet] = Subscription(limit)
+    def subscribe(self, limit: int = 300, *, paced: bool = False) -> Subscription[av.Packet]:
+        """A new viewer's queue, primed with the current GOP so it can decode at once (paced for
+        a viewer over UDP)."""
+        subscription: Subscription[av.Packet] = Subscription(
+            limit, _packet_seconds if paced else None)
         for packet in self._gop.frames():
             subscription.offer(packet, packet.is_keyframe)
         self._subscribers.add(subscription)

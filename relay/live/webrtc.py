@@ -197,7 +197,7 @@ async def answer_offer(
         raise SdpError("not an SDP offer with video")
     pc = RTCPeerConnection()
     census.track("peer_connection", pc)
-    subscription = feed.subscribe()
+    subscription = feed.subscribe(paced=True)
     closed = False
 
     async def close() -> None:

@@ -59,6 +59,10 @@ class WholeGopQueue(Generic[T]):
         self._bytes -= size
         return item
 
+    def newest(self) -> T | None:
+        """The item queued last, or None when the queue is empty."""
+        return self._items[-1][0] if self._items else None
+
     def skip_to_keyframe(self) -> None:
         """Drop what is offered until the next keyframe (a consumer that joins mid-GOP)."""
         self._dropping = True
