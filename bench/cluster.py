@@ -61,11 +61,12 @@ show; the viewers process records the highest RTP timestamp for this). Frames re
 25 fps on the wall clock (stalls: late, not lost) are reported as "late %", not in the loss.
 At each N: join (N/2 per process, in parallel), wait until the nodes count the sessions,
 ``--fanout-settle`` s, then ``--fanout-window`` s measured: the loss and each process's CPU
-(``/proc/PID/stat``). Each step
-checks that the agent pushes once, to A (``relay_live_pushes`` A 1, B 0; one "push started" in
-the agent's log per ramp) and that B pulls over one link (A's ``relay_live_viewers`` less the
-sessions on A: 1). ``--fanout-rounds`` (3) rounds, each ramping both arrangements, the order
-flipped every round; the capacity is the median of the rounds', the ratio 2 nodes / 1 node.
+(``/proc/PID/stat``). Each step checks that the agent pushes once, to A (``relay_live_pushes``
+A 1, B 0; at most one "push started" in the agent's log per ramp: one, unless the last ramp's
+push was still running) and that B pulls over one link (A's ``relay_live_viewers`` less the
+sessions on A: 1); a step that fails a check, or whose viewers are refused, counts as over.
+``--fanout-rounds`` (3) rounds, each ramping both arrangements, the order flipped every round;
+the capacity is the median of the rounds', the ratio 2 nodes / 1 node.
 
 Pinning (taskset, ``--cpu-a/--cpu-b/--cpu-clients``): node A on CPU 0 in both arrangements, node B
 on CPU 1 (idle in the 1-node arrangement), the agent and the viewers processes on both CPUs: the
@@ -785,7 +786,12 @@ def fanout_ramp(args: argparse.Namespace, group: Cluster, camera_id: int, agent:
 
     holder, other = group.nodes
     bases = [node.base for node in group.nodes]
-    wait_idle(bases, 30)
+    try:
+        wait_idle(bases, 60)
+    except TimeoutError:  # (after an overload: measured anyway, each step's checks still apply)
+        print(f"  round {round_no} {arrangement}: not idle after 60 s: pushes "
+              f"{[metric(b, 'relay_live_pushes') for b in bases]}, viewers "
+              f"{[metric(b, 'relay_live_viewers') for b in bases]}; starting anyway", flush=True)
     pushes_before = agent_pushes(agent_log, camera_id)
     places = [holder, holder if arrangement == ONE else other]
     viewers = []
@@ -819,9 +825,9 @@ def fanout_ramp(args: argparse.Namespace, group: Cluster, camera_id: int, agent:
                 check = (f"{arrangement} N={n}: pushes per node {pushes}, node links into A "
                          f"{links}, pushes the agent started {agent_started}")
                 want_links = 0 if arrangement == ONE else 1
-                if pushes != [1, 0] or links != want_links or agent_started != 1:
-                    raise RuntimeError(f"expected pushes [1, 0], {want_links} node link(s), one "
-                                       f"push started: {check}")
+                if pushes != [1, 0] or links != want_links or agent_started > 1:
+                    raise RuntimeError(f"expected pushes [1, 0], {want_links} node link(s), at "
+                                       f"most one push started: {check}")
                 checks.append(check)
                 (packet_loss, dropped, late, rates), each, cpu = fanout_window(
                     viewers, pids, args.fanout_window, fps)
@@ -854,14 +860,15 @@ def fanout_ramp(args: argparse.Namespace, group: Cluster, camera_id: int, agent:
 
 
 def fanout_capacity(steps: list[Step], arrangement: str, round_no: int, counts: list[int],
-                    threshold: float) -> tuple[int, bool]:
-    """The largest N of one ramp at or under the threshold, below the first N over it; and
-    whether the ramp went over at all (False: the capacity is at least the top of the ramp)."""
+                    threshold: float, strict: bool = False) -> tuple[int, bool]:
+    """The largest N of one ramp at or under the threshold (``strict``: late % too), below the
+    first N over it; and whether the ramp went over at all (False: the capacity is at least the
+    top of the ramp)."""
     capacity = 0
     for n in counts:
         step = next((s for s in steps if (s.arrangement, s.round_no, s.n) ==
                      (arrangement, round_no, n)), None)
-        if step is None or step.loss_pct > threshold:
+        if step is None or step.loss_pct > threshold or (strict and step.late_pct > threshold):
             return capacity, True
         capacity = n
     return capacity, False
@@ -893,7 +900,8 @@ def part_fanout(args: argparse.Namespace, processes: Processes, work: Path) -> d
             for arrangement in order:
                 steps += fanout_ramp(args, group, camera_id, agent, agent_log, arrangement,
                                      round_no, info["fps"], checks)
-        wait_idle([node.base for node in group.nodes], 30)
+        with contextlib.suppress(TimeoutError):
+            wait_idle([node.base for node in group.nodes], 30)
         problems = group.problems()
         processes.stop(agent)
     rounds = range(1, args.fanout_rounds + 1)
@@ -955,16 +963,24 @@ def part_fanout(args: argparse.Namespace, processes: Processes, work: Path) -> d
         one, two = capacity[ONE][r - 1], capacity[TWO][r - 1]
         per_round.append(f"round {r}: {one[0]}{'' if one[1] else '+'} vs {two[0]}"
                          f"{'' if two[1] else '+'}")
-    lines += ["", f"| capacity at loss <= {args.loss:g} % | {ONE} | {TWO} | ratio 2/1 | goal >= "
+    strict = {arrangement: [fanout_capacity(steps, arrangement, r, counts, args.loss, True)[0]
+                            for r in rounds] for arrangement in (ONE, TWO)}
+    strict_cap = {a: statistics.median(strict[a]) for a in strict}
+    strict_ratio = strict_cap[TWO] / strict_cap[ONE] if strict_cap[ONE] else math.nan
+    lines += ["", f"| capacity (median of the rounds') | {ONE} | {TWO} | ratio 2/1 | goal >= "
               f"{FANOUT_GOAL:g}x |", "|---|---:|---:|---:|---|",
-              f"| median of the rounds' capacities | {median_cap[ONE]:g} | {median_cap[TWO]:g} | "
-              f"{ratio:.2f} | {verdict} |", "",
-              "Per round (1 node vs 2 nodes; + = never over the threshold up to the top of the "
-              "ramp): " + "; ".join(per_round)]
+              f"| at loss <= {args.loss:g} % | {median_cap[ONE]:g} | {median_cap[TWO]:g} | "
+              f"{ratio:.2f} | {verdict} |",
+              f"| at loss and late <= {args.loss:g} % (no stall either) | {strict_cap[ONE]:g} | "
+              f"{strict_cap[TWO]:g} | {strict_ratio:.2f} | "
+              f"{'met' if strict_ratio >= FANOUT_GOAL else 'missed'} |", "",
+              "Per round, at loss <= the threshold (1 node vs 2 nodes; + = never over it up to the "
+              "top of the ramp): " + "; ".join(per_round) + "; with late too: " + "; ".join(
+                  f"round {r}: {strict[ONE][r - 1]} vs {strict[TWO][r - 1]}" for r in rounds)]
     failures = [f"round {s.round_no} {s.arrangement} N={s.n}: {s.failed}" for s in steps if s.failed]
     lines += ["", "Checked at every step (the agent pushes once, to A; B pulls over one link): "
               + ("all as expected: pushes per node [1, 0], node links into A 0 (1 node) / 1 "
-                 f"(2 nodes), one push started per ramp ({len(checks)} steps)"
+                 f"(2 nodes), at most one push started per ramp ({len(checks)} steps)"
                  if checks else "no step got that far")]
     if checks:
         lines.append(f"e.g. {checks[-1]}")
@@ -973,7 +989,7 @@ def part_fanout(args: argparse.Namespace, processes: Processes, work: Path) -> d
     table = "\n".join(lines)
     print("\n" + table + "\n", flush=True)
     return {"table": table, "ok": True, "goal_met": met, "ratio": ratio,
-            "capacity": capacity, "steps": [s.__dict__ for s in steps]}
+            "capacity": capacity, "strict_capacity": strict, "steps": [s.__dict__ for s in steps]}
 
 
 # --------------------------------------------------------------------------- main
