@@ -77,7 +77,7 @@ would add a core; here the two arrangements share the same two cores with the vi
 ratio measures whether a second node (a second core for the relay) helps when the clients take
 what is left, not what two machines would do.
 
-Part 4 takes 20-30 minutes; ``--only`` defaults to 1,2,3 (about 3.5 minutes), ``--only 4`` runs
+Part 4 takes 10-15 minutes; ``--only`` defaults to 1,2,3 (about 3.5 minutes), ``--only 4`` runs
 it. Run the bench directly, not under ``timeout``: common's wait for another bench would take the
 wrapper (a process naming bench/cluster.py that is not this one's child) for another bench. Two
 benches that both wait before measuring wait for each other (up to common's limit, 30 min).
@@ -999,7 +999,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="1,2,3", metavar="N[,N]",
                         type=lambda text: sorted({int(v) for v in text.split(",") if v}),
-                        help="parts to run, of 1-4 (default 1,2,3: part 4 takes ~25 minutes)")
+                        help="parts to run, of 1-4 (default 1,2,3: part 4 takes 10-15 minutes)")
     parser.add_argument("--rounds", type=int, default=5, help="part 1 rounds (default 5)")
     parser.add_argument("--duration", type=float, default=5,
                         help="part 1: seconds of wrk per target and round (default 5)")
