@@ -792,16 +792,32 @@ def fanout_ramp(args: argparse.Namespace, group: Cluster, camera_id: int, agent:
         print(f"  round {round_no} {arrangement}: not idle after 60 s: pushes "
               f"{[metric(b, 'relay_live_pushes') for b in bases]}, viewers "
               f"{[metric(b, 'relay_live_viewers') for b in bases]}; starting anyway", flush=True)
+    try:  # (after an overload the holder may still be claiming its links again)
+        wait_until(lambda: group.api(holder, "get_camera_status",
+                                     camera_id=camera_id)["status"] == 1,
+                   60, "camera online", interval=0.5)
+    except TimeoutError:
+        print(f"  round {round_no} {arrangement}: the camera not online after 60 s; starting "
+              f"anyway", flush=True)
     pushes_before = agent_pushes(agent_log, camera_id)
     places = [holder, holder if arrangement == ONE else other]
     viewers = []
     steps: list[Step] = []
     try:
-        for index, node in enumerate(places):
-            viewers.append(live.ViewersProcess(
-                group.processes, Watched(group, node, camera_id),
-                group.work / f"p4-viewers-r{round_no}-{arrangement[0]}-{index}.log", "light"))
-            pin(viewers[-1].child.pid, args.cpu_clients)
+        try:
+            for index, node in enumerate(places):
+                viewers.append(live.ViewersProcess(
+                    group.processes, Watched(group, node, camera_id),
+                    group.work / f"p4-viewers-r{round_no}-{arrangement[0]}-{index}.log", "light"))
+                pin(viewers[-1].child.pid, args.cpu_clients)
+        except (RuntimeError, TimeoutError) as exc:  # its first session refused: over at once
+            log = group.work / f"p4-viewers-r{round_no}-{arrangement[0]}-{len(viewers)}.log"
+            reason = log.read_text(errors="replace").strip().splitlines()[-1:] or [str(exc)]
+            step = Step(arrangement, round_no, args.fanout_viewers[0], 100.0, math.nan, math.nan,
+                        math.nan, [], math.nan, {}, 0.0, load(),
+                        failed=f"a viewers process did not start: {reason[0][:200]}")
+            print(f"  round {round_no} {arrangement:7}: failed: {step.failed}", flush=True)
+            return [step]
         pids = {"A": [holder.child.pid], "B": [other.child.pid],
                 "viewers": [viewer.child.pid for viewer in viewers], "agent": [agent.pid]}
         for n in args.fanout_viewers:
