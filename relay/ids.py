@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 
-#: The largest id we hand out or accept: what a JavaScript number holds exactly.
-MAX_ID = 2**53
+#: The largest id we hand out or accept: what every catalogue backend's id columns hold
+#: (PostgreSQL's INTEGER; SQLite's are wider). A larger one names no row anywhere: it is refused
+#: here, never sent to the database (where PostgreSQL's driver would fail on it).
+MAX_ID = 2**31 - 1
 _DIGITS = re.compile(r"[0-9]{1,16}")
 
 

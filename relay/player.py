@@ -4,7 +4,7 @@
 ``…/info`` (with the same ticket) where the file is, the live page opens a viewer session
 (relay.live.routes). Every refusal is a short page, or JSON of the shape of every other error
 (``{"err_code": <status>, "err_msg": "<why>"}``), never a stack trace. An id in the path must be
-1-16 ASCII digits naming 1..2**53 (``relay.ids``); any other is refused like a ticket that is not
+1-16 ASCII digits naming 1..2**31-1 (``relay.ids``); any other is refused like a ticket that is not
 for it. Player pages may be embedded in any site's ``<iframe>``.
 """
 

@@ -518,10 +518,10 @@ been rotated: 1007 (exchange again); the account is no longer an administrator: 
 
 ## Ids and lists
 
-An id is a whole number 1–2^53 in ASCII digits. A missing, non-numeric, zero or negative id, or
-one that names no row, is 1010. Ids are never reused. `del_camera`, `del_record` and `del_course`
-take a comma list (`1,2,3`, at most {max_ids} ids), all-or-nothing: one unknown id refuses the
-whole call and nothing is deleted.
+An id is a whole number 1–2^31-1 (2,147,483,647) in ASCII digits. A missing, non-numeric, zero
+or negative id, a larger one, or one that names no row, is 1010. Ids are never reused.
+`del_camera`, `del_record` and `del_course` take a comma list (`1,2,3`, at most {max_ids} ids),
+all-or-nothing: one unknown id refuses the whole call and nothing is deleted.
 
 ## Paging
 
@@ -860,7 +860,7 @@ def _shape(param: Param) -> str:
         return ", ".join(map(str, schema["enum"]))
     if schema.get("type") == "integer":
         high = schema["maximum"]
-        return f"integer {schema['minimum']}–{'2^53' if high == MAX_ID else f'{high:,}'}"
+        return f"integer {schema['minimum']}–{'2^31-1' if high == MAX_ID else f'{high:,}'}"
     if schema.get("type") == "array":
         return "comma list of ids"
     return f"text ≤ {schema['maxLength']} chars" if "maxLength" in schema else "text"

@@ -15,7 +15,7 @@ from .errors import ApiError, Code
 
 MAX_PER_PAGE = 100
 MAX_IDS = 1000
-_DIGITS = re.compile(r"[0-9]{1,16}")  # MAX_ID (2**53) has 16 digits
+_DIGITS = re.compile(r"[0-9]{1,16}")  # bounded before int(); MAX_ID (2**31-1) has 10 digits
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -12,7 +12,7 @@ valid play ticket for that one camera.
 
 Every refusal has the shape of every other error of the relay, ``{"err_code": <the HTTP status>,
 "err_msg": "<why>"}``, plus fields the page acts on (``"state": "offline"`` with a 409). An id in
-the path that is not 1-16 ASCII digits naming 1..2**53 is 404 "no such camera".
+the path that is not 1-16 ASCII digits naming 1..2**31-1 is 404 "no such camera".
 
 A session has one transport at a time: opening WebRTC or MSE closes the other. When the current
 transport closes (WebRTC failed or closed, the MSE socket gone), the session ends.
