@@ -106,6 +106,32 @@ async def test_a_long_backlog_is_paced_faster_and_a_timeline_jump_ends_the_pacin
     assert got[-1][0] < 0.5, got[-1]  # paced until the jump, never an hour's wait
 
 
+def test_every_viewer_s_sender_gets_one_split_of_a_frame_and_the_same_clock():
+    """relay.live.rtp_once: aiortc's own payloads and NTP time, worked out once."""
+    from aiortc import clock
+    from aiortc.codecs.h264 import H264Encoder
+
+    from relay.live import rtp_once
+    from relay.media.frames import make_packet
+
+    frame = make_packet(b"\x00\x00\x00\x01\x67\x42\xc0\x1e\x00\x00\x00\x01\x68\xce"
+                        b"\x00\x00\x00\x01\x65" + bytes(range(256)) * 40, 180_000, True)
+    theirs = H264Encoder().pack(frame)
+    first, second = rtp_once.SharedH264Packer().pack(frame), rtp_once.SharedH264Packer().pack(frame)
+    assert first == theirs and len(first[0]) > 5  # STAP-A of SPS+PPS, then FU-A fragments
+    assert second[0] is first[0]  # one split for every viewer
+    other = make_packet(b"\x00\x00\x00\x01\x41" + bytes(100), 183_600, False)
+    assert rtp_once.SharedH264Packer().pack(other) == H264Encoder().pack(other)
+    for _ in range(rtp_once.RECENT_FRAMES + 1):  # forgotten once far behind: split again, right
+        rtp_once.SharedH264Packer().pack(make_packet(b"\x00\x00\x00\x01\x41", 0, False))
+    again = rtp_once.SharedH264Packer().pack(frame)
+    assert again == theirs and again[0] is not first[0]
+    before = clock.datetime_to_ntp(clock.current_datetime())
+    ours = rtp_once.current_ntp_time()
+    after = clock.datetime_to_ntp(clock.current_datetime())
+    assert before - (1 << 22) <= ours <= after + (1 << 22)  # within a millisecond of aiortc's
+
+
 def annexb_frames(path: Path, count: int) -> list[tuple[bytes, int, bool]]:
     frames = []
     with av.open(str(path)) as container:
