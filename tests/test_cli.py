@@ -107,8 +107,7 @@ def test_management_commands_refuse_a_data_dir_without_a_catalogue(tmp_path: Pat
     assert not (tmp_path / "data").exists()
 
 
-@BOTH
-def test_user_commands(tmp_path: Path, backend: dict[str, str]):
+def test_user_commands(tmp_path: Path, backend: dict[str, str]):  # (SQLite: CI's time)
     data = str(tmp_path / "data")
 
     def cli(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]

@@ -468,7 +468,10 @@ def _start_system(tmp_path: Path, env: dict[str, str], database_url: str):  # ty
     return relay, drain, agent, token
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+# SQLite only, for CI's time (it must stay under 25 minutes): what PostgreSQL's run found (ids
+# past its INTEGER) is kept by test_an_id_the_document_allows_but_nobody_has_is_no_such_id, which
+# runs on both backends.
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_schemathesis_finds_nothing_against_a_running_relay(
         tmp_path: Path, backend: tuple[dict[str, str], str]) -> None:
     started = time.monotonic()
