@@ -10,6 +10,7 @@ named after this session, dropped after it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -134,6 +135,30 @@ async def fresh_postgres() -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """``fresh_postgres`` for synchronous code (a relay process's RELAY_DATABASE_URL): on a loop
+    of its own, kept open while the database is in use (a loop that ends would finalize the
+    context manager, dropping the database at once)."""
+    loop = asyncio.new_event_loop()
+    database = fresh_postgres()
+    try:
+        yield loop.run_until_complete(database.__aenter__())
+    finally:
+        loop.run_until_complete(database.__aexit__(None, None, None))
+        loop.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def relay_backend(request, tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:  # type: ignore[no-untyped-def]
+    """A relay process's environment and its catalogue's URL, on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield {}, f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'relay.sqlite3').resolve()}"
+        return
+    with postgres_database() as url:
+        yield {"RELAY_DATABASE_URL": url}, url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

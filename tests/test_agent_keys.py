@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
-from conftest import RelayProcess, fresh_postgres, run_relay, start_relay, stop_relay
+from conftest import RelayProcess, postgres_database, run_relay, start_relay, stop_relay
 
 from relay.link import protocol
 
@@ -57,24 +57,12 @@ class Site:
         return stop_relay(self.relay)
 
 
-def _postgres_url() -> Iterator[str]:
-    """``fresh_postgres`` from a synchronous fixture: its own loop, kept open for the test (a
-    loop that ends would finalize the context manager, dropping the database at once)."""
-    loop = asyncio.new_event_loop()
-    database = fresh_postgres()
-    try:
-        yield loop.run_until_complete(database.__aenter__())
-    finally:
-        loop.run_until_complete(database.__aexit__(None, None, None))
-        loop.close()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def site(request, tmp_path: Path) -> Iterator[Site]:  # type: ignore[no-untyped-def]
     with contextlib.ExitStack() as stack:
         env = None
         if request.param == "postgresql":
-            url = stack.enter_context(contextlib.contextmanager(_postgres_url)())
+            url = stack.enter_context(postgres_database())
             env = {"RELAY_DATABASE_URL": url}
         relay = start_relay(tmp_path / "data", *FAST, env=env)
         stack.callback(stop_relay, relay)

@@ -7,7 +7,6 @@ data dir and the settings themselves.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RELAY, eventually, fresh_postgres, start_relay, stop_relay
+from conftest import RELAY, eventually, postgres_database, start_relay, stop_relay
 
 #: A test of the catalogue through the command: on SQLite and on PostgreSQL.
 BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
@@ -30,13 +29,8 @@ def backend(request) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def
     if getattr(request, "param", "sqlite") == "sqlite":
         yield {}
         return
-    loop = asyncio.new_event_loop()
-    database = fresh_postgres()
-    try:
-        yield {"RELAY_DATABASE_URL": loop.run_until_complete(database.__aenter__())}
-    finally:
-        loop.run_until_complete(database.__aexit__(None, None, None))
-        loop.close()
+    with postgres_database() as url:
+        yield {"RELAY_DATABASE_URL": url}
 
 
 def relay(*args: str, env: dict[str, str] | None = None, check: bool = True):

@@ -14,12 +14,10 @@ recordings are written through the same URL); the in-process tests use ``api``, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -31,7 +29,6 @@ import requests
 import schemathesis
 from conftest import (
     eventually,
-    fresh_postgres,
     run_relay,
     start_agent,
     start_relay,
@@ -425,29 +422,6 @@ class Run:
                 assert response.headers["Allow"] == "GET, HEAD"
 
 
-@contextlib.contextmanager
-def _postgres_url() -> Iterator[str]:
-    """``fresh_postgres`` from a synchronous fixture: its own loop, kept open for the test (a
-    loop that ends would finalize the context manager, dropping the database at once)."""
-    loop = asyncio.new_event_loop()
-    database = fresh_postgres()
-    try:
-        yield loop.run_until_complete(database.__aenter__())
-    finally:
-        loop.run_until_complete(database.__aexit__(None, None, None))
-        loop.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:  # type: ignore[no-untyped-def]
-    """The relay's environment and the catalogue's URL on each backend."""
-    if request.param == "sqlite":
-        yield {}, f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'relay.sqlite3').resolve()}"
-        return
-    with _postgres_url() as url:
-        yield {"RELAY_DATABASE_URL": url}, url
-
-
 def _start_system(tmp_path: Path, env: dict[str, str], database_url: str):  # type: ignore[no-untyped-def]
     video = make_demo_video(tmp_path / "cam.mp4", seconds=2)
     relay = start_relay(tmp_path / "data", env=env)
@@ -471,14 +445,14 @@ def _start_system(tmp_path: Path, env: dict[str, str], database_url: str):  # ty
 # SQLite only, for CI's time (it must stay under 25 minutes): what PostgreSQL's run found (ids
 # past its INTEGER) is kept by test_an_id_the_document_allows_but_nobody_has_is_no_such_id, which
 # runs on both backends.
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("relay_backend", ["sqlite"], indirect=True)
 def test_schemathesis_finds_nothing_against_a_running_relay(
-        tmp_path: Path, backend: tuple[dict[str, str], str]) -> None:
+        tmp_path: Path, relay_backend: tuple[dict[str, str], str]) -> None:
     started = time.monotonic()
-    relay, drain, agent, token = _start_system(tmp_path, *backend)
+    relay, drain, agent, token = _start_system(tmp_path, *relay_backend)
     try:
         # On PostgreSQL the relay really is there: no SQLite catalogue appears beside it.
-        assert (tmp_path / "data" / "relay.sqlite3").exists() == (not backend[0])
+        assert (tmp_path / "data" / "relay.sqlite3").exists() == (not relay_backend[0])
         base = relay.base_url
         with urllib.request.urlopen(base + OPENAPI_PATH, timeout=30) as answer:
             served = json.load(answer)  # as served (schemathesis rewrites its own copy)

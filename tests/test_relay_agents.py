@@ -11,14 +11,12 @@ following the source, a revoked key, the metrics, a camera the agent lacks."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,6 @@ from conftest import (
     ApiClient,
     RelayProcess,
     eventually,
-    fresh_postgres,
     run_relay,
     start_agent,
     start_relay,
@@ -41,7 +38,7 @@ from relay.agent.demo_video import make_demo_video
 
 FAST = ("--command-timeout", "3", "--agent-heartbeat", "1", "--agent-key-recheck", "1")
 #: For a test whose subject no catalogue call takes part in (see the module's docstring).
-SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+SQLITE_ONLY = pytest.mark.parametrize("relay_backend", ["sqlite"], indirect=True)
 
 
 Client = ApiClient  # (the tests' one API client)
@@ -73,32 +70,9 @@ def video(tmp_path_factory) -> Path:
     return make_demo_video(tmp_path_factory.mktemp("media") / "cam.mp4", seconds=2)
 
 
-@contextlib.contextmanager
-def postgres_url() -> Iterator[str]:
-    """``fresh_postgres`` from a synchronous fixture: its own loop, kept open for the test (a
-    loop that ends would finalize the context manager, dropping the database at once)."""
-    loop = asyncio.new_event_loop()
-    database = fresh_postgres()
-    try:
-        yield loop.run_until_complete(database.__aenter__())
-    finally:
-        loop.run_until_complete(database.__aexit__(None, None, None))
-        loop.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:  # type: ignore[no-untyped-def]
-    """The relay's environment and the catalogue's URL on each backend."""
-    if request.param == "sqlite":
-        yield {}, f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'relay.sqlite3').resolve()}"
-        return
-    with postgres_url() as url:
-        yield {"RELAY_DATABASE_URL": url}, url
-
-
 @pytest.fixture
-def system(request, tmp_path: Path, video: Path, backend: tuple[dict[str, str], str]):  # type: ignore[no-untyped-def]
-    env, database_url = backend
+def system(request, tmp_path: Path, video: Path, relay_backend: tuple[dict[str, str], str]):  # type: ignore[no-untyped-def]
+    env, database_url = relay_backend
     marker = request.node.get_closest_marker("relay_args")
     relay = start_relay(tmp_path / "data", *(marker.args if marker else FAST), env=env)
     agent = None
