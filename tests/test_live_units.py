@@ -117,17 +117,17 @@ def test_every_viewer_s_sender_gets_one_split_of_a_frame_and_the_same_clock():
     frame = make_packet(b"\x00\x00\x00\x01\x67\x42\xc0\x1e\x00\x00\x00\x01\x68\xce"
                         b"\x00\x00\x00\x01\x65" + bytes(range(256)) * 40, 180_000, True)
     theirs = H264Encoder().pack(frame)
-    first, second = rtp_once.SharedH264Packer().pack(frame), rtp_once.SharedH264Packer().pack(frame)
+    first, second = rtp_once.payloads_of(frame), rtp_once.payloads_of(frame)
     assert first == theirs and len(first[0]) > 5  # STAP-A of SPS+PPS, then FU-A fragments
     assert second[0] is first[0]  # one split for every viewer
     other = make_packet(b"\x00\x00\x00\x01\x41" + bytes(100), 183_600, False)
-    assert rtp_once.SharedH264Packer().pack(other) == H264Encoder().pack(other)
+    assert rtp_once.payloads_of(other) == H264Encoder().pack(other)
     for _ in range(rtp_once.RECENT_FRAMES + 1):  # forgotten once far behind: split again, right
-        rtp_once.SharedH264Packer().pack(make_packet(b"\x00\x00\x00\x01\x41", 0, False))
-    again = rtp_once.SharedH264Packer().pack(frame)
+        rtp_once.payloads_of(make_packet(b"\x00\x00\x00\x01\x41", 0, False))
+    again = rtp_once.payloads_of(frame)
     assert again == theirs and again[0] is not first[0]
     before = clock.datetime_to_ntp(clock.current_datetime())
-    ours = rtp_once.current_ntp_time()
+    ours = rtp_once.ntp_now()
     after = clock.datetime_to_ntp(clock.current_datetime())
     assert before - (1 << 22) <= ours <= after + (1 << 22)  # within a millisecond of aiortc's
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..link import protocol
 from ..services import SERVICES
-from . import census, ingest, routes, rtp_once
+from . import census, ingest, routes
 from .controller import LiveController, LiveTimings
 from .webrtc import limit_ice_addresses, limit_ice_ports
 
@@ -35,7 +35,6 @@ def setup_live(app: web.Application) -> LiveController:
     )
     limit_ice_addresses([a.strip() for a in settings.ice_addresses.split(",") if a.strip()])
     limit_ice_ports(settings.ice_port_range)
-    rtp_once.install()
     census.register(services.metrics.registry)
     app[ingest.LIVE] = controller
     app.router.add_get("/agent/media", ingest.media_endpoint)

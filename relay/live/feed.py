@@ -11,6 +11,11 @@ together. From its first frame it goes at ``speed`` × real time (at least ``MIN
 long backlog so that it is live within ``CATCH_UP`` s), so the viewer decodes at once and reaches the
 live edge soon after; pacing ends for good once its queue is empty (it is live) or its timeline
 jumps. A node-to-node link (TCP) takes the GOP unpaced: the node it feeds paces its own viewers.
+
+A consumer may also take its items *directly* (``sink``): while it waits at the live edge (queue
+empty, pacing over), an item is handed to its sink inside ``publish`` instead of waking its task,
+so a frame reaches every live WebRTC viewer in one pass over them (issue 12: no task switch per
+viewer and frame); a backlog, a paced join or a slow consumer still goes through its queue.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class Subscription(Generic[T]):
         #: An item's media time in seconds, while its backlog is paced (None: not, or no longer).
         self._media_time = media_time
         self._pace: tuple[float, float, float] | None = None  # wall start, media start, speed
+        #: Takes an item at once while the consumer waits at the live edge (None: never).
+        self.sink: Callable[[T], None] | None = None
         census.track("subscription", self)
 
     @property
@@ -56,7 +63,13 @@ class Subscription(Generic[T]):
         return self._queue.dropped
 
     def offer(self, item: T, keyframe: bool) -> None:
-        if not self.closed and self._queue.offer(item, keyframe):
+        if self.closed or not self._queue.offer(item, keyframe):
+            return
+        if self.sink is not None and self._media_time is None and len(self._queue) == 1 and (
+                self._waiter is not None and not self._waiter.done()):
+            self._queue.pop()  # the consumer waits for exactly this: hand it over now
+            self.sink(item)
+        else:
             self._wake()
 
     def skip_to_keyframe(self) -> None:

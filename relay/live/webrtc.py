@@ -9,7 +9,8 @@ advertises each host candidate again under the NAT's public address (1:1 NAT). `
 binds the host candidates' UDP sockets within a port range, so a container can publish exactly
 those ports (docs/DOCKER.md): aioice 0.13 has no setting for it (it binds port 0; its upstream
 pull request #112 adds one), so :func:`limit_ice_ports` puts in its own host-candidate gathering.
-A PLI or FIR from the browser becomes the camera's shared, rate-limited keyframe request.
+A PLI or FIR from the browser becomes the camera's shared, rate-limited keyframe request. RTP goes
+out through ``rtp_sender.LeanSender`` (aiortc's sender with a per-frame, not per-viewer, loop).
 
 A connection that has not connected within the ``ice_deadline`` setting (20 s by default) is closed:
 a client that posted an offer and vanished, or one whose network never lets ICE through, holds
@@ -35,6 +36,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from . import census
 from .feed import LiveFeed, Subscription
+from .rtp_sender import make_lean
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +150,17 @@ def add_public_address(sdp: str, public_ip: str) -> str:
 
 
 class FeedTrack(MediaStreamTrack):
-    """A video track whose frames are the feed's shared packets."""
+    """A video track whose frames are the feed's shared packets (awaited, or handed to a sink)."""
 
     kind = "video"
 
     def __init__(self, subscription: Subscription[av.Packet]) -> None:
         super().__init__()
         self._subscription = subscription
+
+    def attach_sink(self, sink: Callable[[av.Packet], None] | None) -> None:
+        """Have live packets handed to ``sink`` as they are published (None: no longer)."""
+        self._subscription.sink = sink
 
     async def recv(self):  # type: ignore[no-untyped-def, override]
         packet = await self._subscription.get()
@@ -228,7 +234,7 @@ async def answer_offer(
         h264 = [codec for codec in RTCRtpSender.getCapabilities("video").codecs
                 if codec.mimeType.lower() in ("video/h264", "video/rtx")]
         transceiver.setCodecPreferences(h264)
-        transceiver.sender._send_keyframe = feed.request_keyframe  # PLI/FIR → the agent
+        make_lean(transceiver.sender)._send_keyframe = feed.request_keyframe  # PLI/FIR → agent
         await pc.setRemoteDescription(RTCSessionDescription(strip_mdns(offer_sdp), "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:
