@@ -103,6 +103,8 @@ class Cluster:
     #: Each node's stderr as it comes (a full pipe would stall it), and the logs of ended runs.
     drains: dict[int, Drain] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
+    #: Nodes that did not end on SIGINT within 10 s (SIGKILLed).
+    unstoppable: list[int] = field(default_factory=list)
 
     @property
     def env(self) -> dict[str, str]:
@@ -137,13 +139,15 @@ class Cluster:
         return self._ended(index)
 
     def stop_node(self, index: int) -> str:
-        """SIGINT, then SIGKILL after 10 s; what it logged."""
+        """SIGINT, then SIGKILL after 10 s (noted in ``unstoppable``: a test failure at the end);
+        what it logged."""
         process = self.node(index).process
         process.send_signal(signal.SIGINT)
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+            self.unstoppable.append(index)
         return self._ended(index)
 
     def _ended(self, index: int) -> str:
@@ -224,6 +228,7 @@ def running_cluster(tmp: Path, nodes: int, *args: str) -> Iterator[Cluster]:
     for name, log in logs.items():
         assert secret not in log, f"{name} logged the cluster secret"
     no_tracebacks(logs)
+    assert not cluster.unstoppable, f"nodes {cluster.unstoppable} did not stop on SIGINT in 10 s"
 
 
 def drop_cluster_database(cluster: Cluster) -> None:
