@@ -23,6 +23,7 @@ from typing import IO, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
+import av
 from conftest import (
     AgentProcess,
     RelayProcess,
@@ -49,6 +50,20 @@ RELAY_ARGS = ("--ice-addresses", "127.0.0.1", "--live-close-after", str(CLOSE_AF
 
 
 _RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # a log record's first line
+
+
+def annexb_frames(path: Path, count: int | None = None) -> list[tuple[bytes, int, bool]]:
+    """A video file's access units as an agent pushes them: Annex-B bytes, 90 kHz pts, keyframe."""
+    frames = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        bsf = av.BitStreamFilterContext("h264_mp4toannexb", stream)
+        for packet in container.demux(stream):
+            for out in bsf.filter(packet):
+                frames.append((bytes(out), int(out.pts * out.time_base * 90_000), out.is_keyframe))
+            if count is not None and len(frames) >= count:
+                return frames[:count]
+    return frames
 
 
 def tracebacks(log: str) -> list[str]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import av
-from live_system import tracebacks
+from live_system import annexb_frames, tracebacks
 
 from relay.agent.demo_video import make_demo_video
 from relay.live.feed import LiveFeed, Subscription
@@ -130,19 +129,6 @@ def test_every_viewer_s_sender_gets_one_split_of_a_frame_and_the_same_clock():
     ours = rtp_once.ntp_now()
     after = clock.datetime_to_ntp(clock.current_datetime())
     assert before - (1 << 22) <= ours <= after + (1 << 22)  # within a millisecond of aiortc's
-
-
-def annexb_frames(path: Path, count: int) -> list[tuple[bytes, int, bool]]:
-    frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        bsf = av.BitStreamFilterContext("h264_mp4toannexb", stream)
-        for packet in container.demux(stream):
-            for out in bsf.filter(packet):
-                frames.append((bytes(out), int(out.pts * out.time_base * 90_000), out.is_keyframe))
-            if len(frames) >= count:
-                break
-    return frames[:count]
 
 
 async def test_feed_starts_viewers_on_the_current_gop_and_mse_makes_fragments(tmp_path: Path):

@@ -22,6 +22,7 @@ import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtcpSrPacket, RtpPacket
+from live_system import annexb_frames
 
 from relay.agent.demo_video import make_demo_video
 from relay.live import rtp_once
@@ -30,17 +31,6 @@ from relay.live.rtp_sender import HISTORY, LeanSender
 from relay.live.webrtc import answer_offer, limit_ice_addresses
 
 FPS = 25
-
-
-def annexb_frames(path: Path) -> list[tuple[bytes, int, bool]]:
-    frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        bsf = av.BitStreamFilterContext("h264_mp4toannexb", stream)
-        for packet in container.demux(stream):
-            for out in bsf.filter(packet):
-                frames.append((bytes(out), int(out.pts * out.time_base * 90_000), out.is_keyframe))
-    return frames
 
 
 class Camera:
