@@ -81,7 +81,7 @@ class LeanSender(RTCRtpSender):
         ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
         self._extension_ids = (ids.get(ABS_SEND_TIME, 0), ids.get(MID, 0))
         mid = (parameters.muxId or "").encode()
-        if self._extension_ids[1] and mid:
+        if self._extension_ids[1] and 0 < len(mid) <= 16:  # (one-byte form: 1 to 16 bytes)
             self._mid_element = bytes([(self._extension_ids[1] << 4) | (len(mid) - 1)]) + mid
         main = parameters.codecs[0].payloadType
         self._payload_type = main
