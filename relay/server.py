@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import admin, api, cluster, forwarded, ops, player
+from . import admin, api, cluster, forwarded, ops, player, tasks
 from .catalogue import Catalogue
 from .catalogue.errors import DATABASE_DOWN
 from .cluster import ClusterHub, cluster_secret
@@ -205,6 +205,8 @@ def build_metrics_app(metrics: Metrics) -> web.Application:
     return app
 
 
+#: A shutdown still going after this long logs what it waits for (aiohttp gives open requests 5 s).
+SLOW_SHUTDOWN = 7.0
 #: Idle kept-alive connections close after this (aiohttp's run_app default).
 KEEPALIVE_TIMEOUT = 75.0
 #: Connections the kernel queues before we accept them (the kernel caps it at somaxconn, 4096
@@ -257,9 +259,13 @@ async def _serve(settings: Settings, demo: bool) -> None:
         gc.freeze()
         await stop.wait()
     finally:
+        log.info("relay stopping")
+        watch = asyncio.create_task(tasks.report_if_slow(SLOW_SHUTDOWN, "shutdown"))
         for runner in reversed(runners):  # the main app's cleanup closes the catalogue
             await runner.cleanup()
         await services.hub.stop()
+        await tasks.stop(watch)
+        log.info("relay stopped")
 
 
 def serve(settings: Settings, demo: bool = False) -> None:

@@ -228,7 +228,10 @@ def running_cluster(tmp: Path, nodes: int, *args: str) -> Iterator[Cluster]:
     for name, log in logs.items():
         assert secret not in log, f"{name} logged the cluster secret"
     no_tracebacks(logs)
-    assert not cluster.unstoppable, f"nodes {cluster.unstoppable} did not stop on SIGINT in 10 s"
+    waiting = [line for log in logs.values() for line in log.splitlines()
+               if "shutdown still waiting" in line]  # (relay.tasks.report_if_slow)
+    assert not cluster.unstoppable, \
+        f"nodes {cluster.unstoppable} did not stop on SIGINT in 10 s: {waiting}"
 
 
 def drop_cluster_database(cluster: Cluster) -> None:

@@ -43,6 +43,8 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from .. import tasks
+
 log = logging.getLogger(__name__)
 
 K = TypeVar("K")
@@ -212,11 +214,8 @@ class Listener:
         await asyncio.wait_for(self._up.wait(), timeout)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         import asyncpg

@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 from redis.exceptions import RedisError
 
+from .. import tasks
 from ..catalogue import Catalogue
 from ..catalogue.errors import DATABASE_DOWN
 from ..hub import FAILED, OFFLINE, TIMEOUT, AgentLink, LinkFacts, LocalHub, transmit
@@ -100,11 +101,7 @@ class ClusterHub(LocalHub):
                  self.lease)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.stop(*self._tasks)
         with contextlib.suppress(RedisError, OSError):
             await self.ownership.retire(self.node)
         if self._peers is not None:

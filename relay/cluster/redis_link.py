@@ -23,6 +23,8 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from .. import tasks
+
 log = logging.getLogger(__name__)
 
 #: Seconds a command (or a connection attempt, or the wait for a free one) may take.
@@ -75,11 +77,7 @@ class RedisLink:
                 await asyncio.wait_for(self._subscribed.wait(), 2 * TIMEOUT)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await tasks.stop(*self._tasks)
         self._tasks = []
         await self.client.aclose()
 

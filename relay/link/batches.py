@@ -10,10 +10,11 @@ cost of a batch hardly grows with its size, so the busier the relay, the cheaper
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+from .. import tasks
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,8 @@ class Batcher(Generic[T, R]):
 
     async def close(self) -> None:
         """Stop; callers still waiting get a ``ConnectionError``."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
         for _, future in self._queue:
             if not future.done():
                 future.set_exception(ConnectionError("the relay is shutting down"))

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 
+from .. import tasks
 from ..catalogue import Catalogue
 from ..catalogue.errors import DATABASE_DOWN
 from .batches import Batcher
@@ -114,9 +115,6 @@ class Presence:
         return [None] * len(links)
 
     async def close(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retry
+        await tasks.stop(self._retry)
         await self._statuses.close()
         await self._offline.close()

@@ -20,7 +20,6 @@ when the garbage collector finds it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import secrets
@@ -29,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import tasks
 from ..catalogue import Catalogue, NotFound
 from ..hub import Hub
 from ..link import protocol
@@ -112,10 +112,7 @@ class LiveController:
         self._loop_task = asyncio.create_task(self._reconcile_forever())
 
     async def close(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await tasks.stop(self._loop_task)
         for viewer_id in list(self._viewers):
             await self.close_viewer(viewer_id, "relay shutting down")
         for camera in list(self._cameras.values()):
@@ -123,7 +120,7 @@ class LiveController:
                 camera.retry_timer.cancel()
             await self._stop_pull(camera)
             await self._stop_push(camera, "relay shutting down", wait=True)
-        for task in list(self._tasks):
+        for task in list(self._tasks):  # one-offs: each ends, by its own timeouts, once cancelled
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 

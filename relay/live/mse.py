@@ -15,12 +15,12 @@ frame that would not move it forward is placed one frame after the last.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 
 import av
 
+from .. import tasks
 from ..media.fmp4 import Fmp4Segmenter
 from ..media.gop import GopCache
 from ..media.h264 import parameter_sets
@@ -66,9 +66,7 @@ class MseFeed:
         for viewer in self._viewers:
             viewer.close()
         self._viewers.clear()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await tasks.stop(self._task)
         self._end_stream()
 
     def _broadcast(self, item: bytes, keyframe: bool) -> None:

@@ -16,13 +16,13 @@ restarted the push, or the gatherer moved: the owner is looked up again each tim
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from .. import tasks
 from ..link import protocol
 from .feed import LiveFeed
 
@@ -49,17 +49,14 @@ class NodePull:
 
     async def close(self) -> None:
         """End the link for good. The flag, not only the cancellation, ends the loop: a library
-        that turns a cancellation into an error of its own (a Redis client mid-command) would
-        otherwise leave a link running that nobody owns, keeping the holder's push alive."""
+        that swallows a cancellation (``relay.tasks``) would otherwise leave a link running
+        that nobody owns, keeping the holder's push alive."""
         self._closed = True
         ws = self._ws
         if ws is not None:
             await ws.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     def request_keyframe(self) -> None:
         ws = self._ws

@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
+from .. import tasks
 from ..services import SERVICES, Services
 
 log = logging.getLogger(__name__)
@@ -263,11 +264,7 @@ class Retention:
             self._task = asyncio.create_task(self._run(), name="retention")
 
     async def close(self) -> None:
-        for task in (self._task, self._soon):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await tasks.stop(self._task, self._soon)
         self._task = self._soon = None
 
 
