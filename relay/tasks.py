@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 RECANCEL_AFTER = 0.1
 
 
-async def stop(*tasks: asyncio.Future[object] | None) -> None:
+async def stop(*tasks: asyncio.Task[Any] | None) -> None:
     """Cancel the tasks (``None`` ones skipped) and return once every one has ended; one that
     failed rather than stopped has its error logged, never raised.
 
@@ -36,14 +37,10 @@ async def stop(*tasks: asyncio.Future[object] | None) -> None:
         _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
     for task in tasks:
         if task is not None and not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed while stopping", _name(task), exc_info=task.exception())
+            log.error("task %s failed while stopping", task.get_name(), exc_info=task.exception())
 
 
-def _name(task: asyncio.Future[object]) -> str:
-    return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
-
-
-def where(task: asyncio.Task[object]) -> str:
+def where(task: asyncio.Task[Any]) -> str:
     """The task's name and the innermost place outside asyncio where its coroutine waits: what
     a log line needs to say what a stuck shutdown is waiting for."""
     coroutine: object = task.get_coro()

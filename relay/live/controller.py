@@ -109,7 +109,7 @@ class LiveController:
     # Lifecycle
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._reconcile_forever())
+        self._loop_task = asyncio.create_task(self._reconcile_forever(), name="live reconcile")
 
     async def close(self) -> None:
         await tasks.stop(self._loop_task)

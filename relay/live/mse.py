@@ -41,7 +41,7 @@ class MseFeed:
         self._gop: GopCache[bytes] = GopCache(MAX_GOP_FRAMES, MAX_GOP_BYTES)  # fragments
         self._previous_keyframe = False
         self._timeline = Timeline()
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(self._run(), name="mse muxer")
 
     def subscribe(self, limit: int = 300) -> Subscription[bytes]:
         viewer: Subscription[bytes] = Subscription(limit)
