@@ -116,10 +116,15 @@ SEEK = """async (at) => {
     if (v.buffered.start(i) <= at && at <= v.buffered.end(i)) buffered = true;
   }
   const started = performance.now();
-  const shown = new Promise((done) => v.requestVideoFrameCallback((now, meta) => done(meta)));
+  const next = () => new Promise((done) => v.requestVideoFrameCallback((now, meta) => done(meta)));
+  let shown = next();
   v.pause();
   v.currentTime = at;
-  const meta = await shown;
+  let meta = await shown;  // a frame of the playback before the pause may come first: not it
+  while (Math.abs(meta.mediaTime - at) > 0.1 && performance.now() - started < 5000) {
+    shown = next();
+    meta = await Promise.race([shown, new Promise((done) => setTimeout(() => done(meta), 5000))]);
+  }
   return {ms: performance.now() - started, buffered, media_time: meta.mediaTime};
 }"""
 

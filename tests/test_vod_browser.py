@@ -92,10 +92,18 @@ def player(page: Page) -> Frame:
 SEEK = """async (at) => {
     const v = document.getElementById('video');
     const started = performance.now();
-    const shown = new Promise((done) => v.requestVideoFrameCallback((now, meta) => done(meta)));
+    const next = () => new Promise((done) => v.requestVideoFrameCallback((now, meta) => done(meta)));
+    let shown = next();
     v.pause();
     v.currentTime = at;
-    const meta = await shown;
+    // A frame of the playback before the pause can still reach the screen first (seen once:
+    // media time 0.08 after a seek to 5 s): wait on, up to 5 s, for the frame the seek shows.
+    let meta = await shown;
+    while (Math.abs(meta.mediaTime - at) > 0.1 && performance.now() - started < 5000) {
+        shown = next();
+        meta = await Promise.race([shown, new Promise((done) => setTimeout(() => done(meta),
+                                                                           5000))]);
+    }
     const ms = performance.now() - started;
     const canvas = document.createElement('canvas');
     canvas.width = v.videoWidth; canvas.height = v.videoHeight;
