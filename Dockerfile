@@ -22,7 +22,12 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY relay ./relay
 COPY player ./player
-RUN pip install --no-cache-dir . \
+# gcc builds the C send loop of WebRTC fan-out (relay/live/_fanout.c), then goes again.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && pip install --no-cache-dir . \
+ && python -c "import relay.live._fanout" \
+ && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin relay \
  && mkdir -p /data && chown relay:relay /data
 

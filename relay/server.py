@@ -27,7 +27,7 @@ from .connections import GuardedRunner
 from .forwarded import parse_networks
 from .hub import Hub, LocalHub
 from .link import endpoint as link_endpoint
-from .live import setup_live
+from .live import fanout, setup_live
 from .logs import AccessLogger, redact
 from .metrics import Metrics
 from .present import Presenter
@@ -253,6 +253,8 @@ async def _serve(settings: Settings, demo: bool) -> None:
         log.info("relay listening on %s (public URL %s, data in %s; /metrics on %s)",
                  settings.listen, settings.base_url, settings.data.resolve(),
                  settings.metrics_listen or "the same listener")
+        if fanout.unavailable:
+            log.warning("WebRTC viewers are sent to from Python (slower): %s", fanout.unavailable)
         await announce(services, created, demo)
         # Everything loaded so far (modules, the app) lives as long as the process: keep it out of
         # the garbage collector's full passes, which otherwise walk it all and stall requests.

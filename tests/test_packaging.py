@@ -1,5 +1,6 @@
 """The installed package is whole: a wheel built from this tree carries the console's templates and
-static files (the Dockerfile installs with ``pip install .``, not from the source tree)."""
+static files and the built C send loop (the Dockerfile installs with ``pip install .``, not from
+the source tree)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,4 @@ def test_the_wheel_carries_every_template_and_static_file(tmp_path: Path):
     wanted = {str(path.relative_to(ROOT)) for folder in ("templates", "static")
               for path in (admin / folder).iterdir() if path.is_file()}
     assert wanted and wanted <= names, sorted(wanted - names)
+    assert any(name.startswith("relay/live/_fanout.") and name.endswith(".so") for name in names)

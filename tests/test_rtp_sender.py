@@ -126,6 +126,7 @@ async def test_a_viewer_decodes_what_the_lean_sender_sends(camera: Camera) -> No
         stats = await sender.getStats()
         [outbound] = [s for s in stats.values() if s.type == "outbound-rtp"]
         assert outbound.packetsSent >= 30 and outbound.bytesSent > 10_000
+        assert sender._fast is not None  # (sent in C: relay/live/fanout.py)
     finally:
         await viewer.close()
     assert viewer.closed.is_set()
@@ -220,12 +221,12 @@ async def test_many_viewers_share_payloads_with_their_own_numbers(
                 await asyncio.wait_for(viewer.track.recv(), 10)
         assert len({sender._ssrc for sender in senders}) == 3
         assert len({sender._origin for sender in senders}) == 3
-        kept = [[entry for entry in sender._history if entry is not None] for sender in senders]
-        assert all(len(entries) > 20 for entries in kept)
-        # The same frame's payload is one bytes object in every viewer's history.
-        shared = {id(entry[3]) for entry in kept[0]}
-        assert any(id(entry[3]) in shared for entry in kept[1])
-        assert len(senders[0]._history) == HISTORY
+        kept = [list(sender._history) for sender in senders]
+        assert all(len(frames) > 20 for frames in kept)
+        # The same frame's payloads are one list of bytes in every viewer's history.
+        shared = {id(frame[2]) for frame in kept[0]}
+        assert any(id(frame[2]) in shared for frame in kept[1])
+        assert senders[0]._history.maxlen == HISTORY
         # Live frames were handed over inside the feed's publish, to every viewer.
         assert all(handed.count(sender) >= 3 for sender in senders), len(handed)
     finally:

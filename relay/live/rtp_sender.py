@@ -13,9 +13,11 @@ reports, BYE; and its start/stop lifecycle) and replaces only its RTP loop:
 * the frame's payloads come split once for all viewers (``rtp_once.payloads_of``);
 * per packet only the 12-byte header (this viewer's SSRC, sequence number and timestamp offset)
   is packed, followed by header-extension bytes made once per frame (abs-send-time, mid);
-* SRTP with this viewer's own keys, then straight to the nominated ICE pair's socket;
-* a NACK is answered from a history that holds, per sequence number, a reference to the shared
-  payload (not a copy), sent again as RTX when the viewer negotiated it;
+* headers, SRTP with this viewer's own keys and the send to the nominated ICE pair's socket
+  happen in C for all of a frame's packets at once (``fanout.py``: ``sendmmsg``), or in Python
+  where the C path is not available;
+* a NACK is answered from a history of the frames sent (first sequence number, timestamp and a
+  reference to the shared payloads, not a copy), sent again as RTX when the viewer negotiated it;
 * PLI/FIR reach ``_send_keyframe`` (the camera's shared, rate-limited request, set by
   ``webrtc.py``). REMB changes nothing (aiortc's handler finds no encoder: pass-through cannot
   change the bitrate); TWCC is never negotiated (aiortc's answer has no transport-cc extension).
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections import deque
 from typing import Any
 
 import av
@@ -40,18 +43,19 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.utils import random32
 
+from . import fanout
 from .rtp_once import ntp_now, payloads_of
 
 log = logging.getLogger(__name__)
 
 ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
-#: Packets per viewer kept for retransmission (a power of two; ~4 s at 1 Mbps).
-HISTORY = 512
+#: Frames per viewer kept for retransmission (~5 s at 25 fps).
+HISTORY = 128
 _HEADER = struct.Struct("!BBHII")
 
-#: (sequence number, RTP timestamp, marker, shared payload) of a packet sent.
-Sent = tuple[int, int, bool, bytes]
+#: (first sequence number, RTP timestamp, shared payloads) of a frame sent.
+Sent = tuple[int, int, list[bytes]]
 
 
 class LeanSender(RTCRtpSender):
@@ -65,7 +69,10 @@ class LeanSender(RTCRtpSender):
     _sequence: int
     _rtx_sequence: int
     _origin: int
-    _history: list[Sent | None]
+    _history: deque[Sent]
+    _route_pair: Any
+    _route_session: Any
+    _fast: fanout.Route | None
 
     def _prepare(self) -> None:
         self._extension_ids = (0, 0)
@@ -75,7 +82,8 @@ class LeanSender(RTCRtpSender):
         self._sequence = random_sequence_number()
         self._rtx_sequence = random_sequence_number()
         self._origin = random32()
-        self._history = [None] * HISTORY
+        self._history = deque(maxlen=HISTORY)
+        self._route_pair = self._route_session = self._fast = None
 
     async def send(self, parameters: RTCRtpSendParameters) -> None:
         ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
@@ -100,8 +108,9 @@ class LeanSender(RTCRtpSender):
         body += b"\x00" * (-len(body) % 4)
         return b"\xbe\xde" + (len(body) // 4).to_bytes(2, "big") + body
 
-    def _route(self) -> tuple[Any, Any, tuple[str, int]]:
-        """This viewer's SRTP ``protect``, its socket's ``sendto`` and its address."""
+    def _route(self) -> tuple[Any, Any, tuple[str, int], fanout.Route | None]:
+        """This viewer's SRTP ``protect``, its socket's ``sendto``, its address, and its C
+        route (``None``: the C path cannot take it)."""
         dtls = self.transport
         if dtls.state != "connected":
             raise ConnectionError("DTLS is not connected")
@@ -109,55 +118,69 @@ class LeanSender(RTCRtpSender):
         socket = pair.protocol.transport if pair is not None else None
         if socket is None or socket.is_closing():
             raise ConnectionError("no ICE pair to send on")
-        return dtls._tx_srtp.protect, socket.sendto, pair.remote_addr
+        session = dtls._tx_srtp
+        if pair is not self._route_pair or session is not self._route_session:
+            self._route_pair, self._route_session = pair, session
+            self._fast = fanout.route_of(session, socket, pair.remote_addr)
+        return session.protect, socket.sendto, pair.remote_addr, self._fast
 
     def send_frame(self, payloads: list[bytes], timestamp: int) -> None:
         """Send one frame's shared payloads as this viewer's RTP packets."""
-        protect, sendto, address = self._route()
+        protect, sendto, address, fast = self._route()
         timestamp = (self._origin + timestamp) & 0xFFFFFFFF
         ntp = ntp_now()
         extensions = self._extensions(ntp)
         first = 0x90 if extensions else 0x80
-        ssrc, history, sequence = self._ssrc, self._history, self._sequence
-        payload_type = self._payload_type
-        last, octets, sent = len(payloads) - 1, 0, 0
-        for index, payload in enumerate(payloads):
-            marker = index == last
-            data = protect(_HEADER.pack(first, payload_type | (0x80 if marker else 0), sequence,
-                                        timestamp, ssrc) + extensions + payload)
-            sendto(data, address)
-            history[sequence & (HISTORY - 1)] = (sequence, timestamp, marker, payload)
-            sequence = (sequence + 1) & 0xFFFF
-            octets += len(payload)
-            sent += len(data)
-        self._sequence = sequence
+        sequence = self._sequence
+        if fast is not None and fast.usable():
+            sent = fast.send(first, self._payload_type, sequence, timestamp, self._ssrc,
+                             extensions, payloads)
+        else:
+            sent = 0
+            ssrc, payload_type, last = self._ssrc, self._payload_type, len(payloads) - 1
+            for index, payload in enumerate(payloads):
+                data = protect(_HEADER.pack(first, payload_type | (0x80 if index == last else 0),
+                                            (sequence + index) & 0xFFFF, timestamp, ssrc)
+                               + extensions + payload)
+                sendto(data, address)
+                sent += len(data)
+        self._history.append((sequence, timestamp, payloads))
+        self._sequence = (sequence + len(payloads)) & 0xFFFF
         # What aiortc's sender reports (RTCP SR) and its stats read.
         self._RTCRtpSender__ntp_timestamp = ntp
         self._RTCRtpSender__rtp_timestamp = timestamp
         self._RTCRtpSender__packet_count += len(payloads)
-        self._RTCRtpSender__octet_count += octets
+        self._RTCRtpSender__octet_count += sum(map(len, payloads))
         self.transport._RTCDtlsTransport__tx_packets += len(payloads)
         self.transport._RTCDtlsTransport__tx_bytes += sent
 
+    def _sent(self, sequence_number: int) -> tuple[int, bool, bytes] | None:
+        """The timestamp, marker bit and payload of a packet still in the history."""
+        for first, timestamp, payloads in reversed(self._history):
+            offset = (sequence_number - first) & 0xFFFF
+            if offset < len(payloads):
+                return timestamp, offset == len(payloads) - 1, payloads[offset]
+        return None
+
     async def _retransmit(self, sequence_number: int) -> None:
         """Answer a NACK from the history (as RTX when negotiated)."""
-        kept = self._history[sequence_number & (HISTORY - 1)]
-        if kept is None or kept[0] != sequence_number:
+        kept = self._sent(sequence_number)
+        if kept is None:
             return  # too old: the viewer's PLI will bring a keyframe
         try:
-            protect, sendto, address = self._route()
+            protect, sendto, address, _fast = self._route()
         except ConnectionError:
             return
-        sequence, timestamp, marker, payload = kept
+        timestamp, marker, payload = kept
         extensions = self._extensions(ntp_now())
         first = 0x90 if extensions else 0x80
         if self._rtx is None:
-            header = _HEADER.pack(first, self._payload_type | (0x80 if marker else 0), sequence,
-                                  timestamp, self._ssrc)
+            header = _HEADER.pack(first, self._payload_type | (0x80 if marker else 0),
+                                  sequence_number, timestamp, self._ssrc)
         else:
             header = _HEADER.pack(first, self._rtx | (0x80 if marker else 0), self._rtx_sequence,
                                   timestamp, self._rtx_ssrc)
-            payload = sequence.to_bytes(2, "big") + payload
+            payload = sequence_number.to_bytes(2, "big") + payload
             self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
         sendto(protect(header + extensions + payload), address)
 
