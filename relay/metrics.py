@@ -33,6 +33,12 @@ class Metrics:
         self.live_viewers = Gauge(
             "relay_live_viewers", "Live viewer sessions open.", registry=self.registry,
         )
+        self.live_keyframe_requests = Counter(
+            "relay_live_keyframe_requests",
+            "Keyframe requests sent to a camera's source (viewers joining, PLI/FIR from viewers;"
+            " at most one per camera per live_keyframe_interval).",
+            registry=self.registry,
+        )
         self.live_first_packet = Histogram(
             "relay_live_first_packet_seconds",
             "From asking an agent to push to its first frame reaching the relay.",

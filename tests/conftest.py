@@ -257,15 +257,15 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 2
 
 
 def start_relay(data: Path, *extra: str, env: dict[str, str] | None = None,
-                port: int | None = None) -> RelayProcess:
+                port: int | None = None, host: str = "127.0.0.1") -> RelayProcess:
     port = port or free_port()
     process = subprocess.Popen(
-        [*RELAY, "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}", *extra],
+        [*RELAY, "serve", "--data", str(data), "--listen", f"{host}:{port}", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{host}:{port}"
     wait_for_http(base + "/healthz", process)
     # A first start prints the admin password and credential before it listens.
     os.set_blocking(process.stdout.fileno(), False)  # type: ignore[union-attr]

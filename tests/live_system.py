@@ -142,6 +142,7 @@ class LiveSystem:
 
     tmp: Path
     port: int
+    host: str = "127.0.0.1"  # (its own address: the relay listens and gathers ICE there only)
     relay: RelayProcess = field(init=False)
     relay_log: Drain = field(init=False)
     key: str = ""
@@ -152,10 +153,10 @@ class LiveSystem:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, tmp: Path) -> Iterator[LiveSystem]:
+    def running(cls, tmp: Path, host: str = "127.0.0.1") -> Iterator[LiveSystem]:
         """Start both processes and bring two cameras online. On exit, stop both by PID."""
         video = make_demo_video(tmp / "cam.mp4", seconds=4)
-        live = cls(tmp, free_port())
+        live = cls(tmp, free_port(), host)
         live.start_relay()
         try:
             live.key = run_relay("agent-key", "add", "lab", "--data", str(tmp / "data")).stdout.strip()
@@ -222,7 +223,9 @@ class LiveSystem:
         self.start_agent()
 
     def start_relay(self) -> None:
-        self.relay = start_relay(self.tmp / "data", *RELAY_ARGS, port=self.port)
+        where = ("--ice-addresses", self.host, "--public-url", f"http://{self.host}:{self.port}")
+        self.relay = start_relay(self.tmp / "data", *RELAY_ARGS, *where, port=self.port,
+                                 host=self.host)
         self.relay_log = Drain(self.relay.process.stderr)  # type: ignore[arg-type]
 
     def stop_relay(self) -> None:
@@ -291,10 +294,13 @@ async def settle(system: LiveSystem) -> None:
     await until(lambda: system.pushes() == 0, timeout=PUSH_GONE)
 
 
-async def embed(browser: Browser, play_url: str) -> Page:
+async def embed(browser: Browser, play_url: str, init_script: str = "") -> Page:
     """A page of another origin that embeds ``play_url`` in an iframe and records its messages
-    (``window.events``) and when each arrived (``window.stamps``, ms since the epoch)."""
+    (``window.events``) and when each arrived (``window.stamps``, ms since the epoch);
+    ``init_script`` runs first in every frame of it."""
     page = await browser.new_page()
+    if init_script:
+        await page.add_init_script(init_script)
     await page.set_content(
         "<script>window.events = []; window.stamps = [];"
         " addEventListener('message', e => { events.push(e.data); stamps.push(Date.now()); });"

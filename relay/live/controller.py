@@ -351,9 +351,11 @@ class LiveController:
             return
         if camera.pull is not None:
             camera.last_keyframe_request = now
+            self._metrics.live_keyframe_requests.inc()
             camera.pull.request_keyframe()
         elif camera.push_id:
             camera.last_keyframe_request = now
+            self._metrics.live_keyframe_requests.inc()
             self.spawn(self._hub.send(camera.gather_id, protocol.LIVE_KEYFRAME,
                                        {"camera_id": camera.camera_id}))
 
