@@ -1,9 +1,10 @@
 """relay.live.rtp_sender on its own: a camera's feed answered by ``answer_offer`` in this process,
 watched by real aiortc viewers over 127.0.0.1, with real H.264 from PyAV.
 
-aiortc's own receiver is the judge: it decodes what the lean sender sends, NACKs what it lost
-(a packet is dropped as it arrives, before aiortc sees it) and gets it back as RTX, reads the
-sender reports, and its PLI reaches the camera's keyframe request. The private aiortc names the
+Each test runs on the C send loop and on the Python one. aiortc's own receiver is the judge: it
+decodes what the lean sender sends, NACKs what it lost (a packet is dropped as it arrives,
+before aiortc sees it) and gets it back as RTX, reads the sender reports, and its PLI reaches
+the camera's keyframe request. The private aiortc names the
 sender relies on are checked against the installed aiortc.
 """
 
@@ -25,7 +26,7 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 from live_system import annexb_frames
 
 from relay.agent.demo_video import make_demo_video
-from relay.live import rtp_once
+from relay.live import fanout, rtp_once
 from relay.live.feed import LiveFeed
 from relay.live.rtp_sender import HISTORY, LeanSender
 from relay.live.webrtc import answer_offer, limit_ice_addresses
@@ -59,6 +60,14 @@ class Camera:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self.feed.close()
+
+
+@pytest.fixture(params=["c", "python"], autouse=True)
+def send_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both ways out: the C send loop, and Python's (an install without it)."""
+    if request.param == "python":
+        monkeypatch.setattr(fanout, "route_of", lambda *args: None)
+    return request.param
 
 
 @pytest.fixture
@@ -114,7 +123,7 @@ def lean_senders() -> set[LeanSender]:
     return {thing for thing in gc.get_objects() if isinstance(thing, LeanSender)}
 
 
-async def test_a_viewer_decodes_what_the_lean_sender_sends(camera: Camera) -> None:
+async def test_a_viewer_decodes_what_the_lean_sender_sends(camera: Camera, send_path: str) -> None:
     viewer = Viewer()
     try:
         sender = await viewer.connect(camera)
@@ -126,7 +135,7 @@ async def test_a_viewer_decodes_what_the_lean_sender_sends(camera: Camera) -> No
         stats = await sender.getStats()
         [outbound] = [s for s in stats.values() if s.type == "outbound-rtp"]
         assert outbound.packetsSent >= 30 and outbound.bytesSent > 10_000
-        assert sender._fast is not None  # (sent in C: relay/live/fanout.py)
+        assert (sender._fast is not None) == (send_path == "c")  # (relay/live/fanout.py)
     finally:
         await viewer.close()
     assert viewer.closed.is_set()
