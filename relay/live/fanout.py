@@ -15,7 +15,6 @@ frame). :data:`unavailable` says why it is off, for ``relay serve``'s log.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from typing import Any
 
@@ -23,30 +22,27 @@ try:
     from . import _fanout  # type: ignore[attr-defined]
 except ImportError as error:  # (an install without a C compiler)
     _fanout = None
-    _why = f"the C extension is not built ({error})"
-else:
-    _why = ""
+    _not_built = f"the C extension is not built ({error})"
 
 #: The signature ``_fanout.c`` calls (libsrtp 2's, as pylibsrtp 1.0 binds it).
 PROTECT_SIGNATURE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 
 
-def _protect_address() -> tuple[int, Any]:
-    """The address of pylibsrtp's ``srtp_protect`` (0 when it is not the one expected)."""
-    global _why
+def _bind() -> tuple[int, Any, str]:
+    """The address of pylibsrtp's ``srtp_protect``, pylibsrtp's cffi ``ffi``, and why the C
+    path is off ("" when it is on)."""
+    if _fanout is None:
+        return 0, None, _not_built
     from pylibsrtp._binding import ffi, lib
 
     function = ffi.addressof(lib, "srtp_protect")
     signature = ffi.getctype(ffi.typeof(function))
     if signature != PROTECT_SIGNATURE:
-        _why = _why or f"pylibsrtp's srtp_protect is {signature!r}, not {PROTECT_SIGNATURE!r}"
-        return 0, ffi
-    return int(ffi.cast("uintptr_t", function)), ffi
+        return 0, ffi, f"pylibsrtp's srtp_protect is {signature!r}, not {PROTECT_SIGNATURE!r}"
+    return int(ffi.cast("uintptr_t", function)), ffi, ""
 
 
-PROTECT, _ffi = _protect_address() if _fanout is not None else (0, None)
-#: Why the C path is off ("" when it is on).
-unavailable = _why
+PROTECT, _ffi, unavailable = _bind()
 
 
 class Route:
@@ -55,8 +51,8 @@ class Route:
 
     __slots__ = ("address", "fd", "remote", "session", "session_address", "transport")
 
-    def __init__(self, session: Any, transport: asyncio.DatagramTransport, fd: int,
-                 remote: tuple[str, int], address: bytes) -> None:
+    def __init__(self, session: Any, transport: Any, fd: int, remote: tuple[str, int],
+                 address: bytes) -> None:
         self.session = session  # (kept: its srtp_t lives as long as this reference)
         self.session_address = int(_ffi.cast("uintptr_t", session._srtp[0]))
         self.transport = transport
