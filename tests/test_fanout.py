@@ -7,8 +7,11 @@ fed the headers Python's path builds is the judge of what the C path sent over a
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -133,3 +136,15 @@ def test_bad_input_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="port"):
         fanout._fanout.sockaddr("127.0.0.1", 70000)
     assert fanout.route_of(sess, object(), ("127.0.0.1", 9)) is None  # (not a UDP transport)
+
+
+def test_without_the_extension_the_reason_is_plain(tmp_path: Path) -> None:
+    """An install made without a C compiler: the Python path, and a reason a person can act on
+    (what ``relay serve`` logs as its warning)."""
+    source = Path(fanout.__file__).resolve().parents[2] / "relay"
+    shutil.copytree(source, tmp_path / "relay", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    answer = subprocess.run(
+        [sys.executable, "-c", "from relay.live import fanout; print(fanout.PROTECT, fanout.unavailable)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
+    assert answer.stdout.strip() == ("0 relay/live/_fanout.c was not compiled at install: install "
+                                     "again with a C compiler and Python's headers present")

@@ -15,14 +15,19 @@ frame). :data:`unavailable` says why it is off, for ``relay serve``'s log.
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from typing import Any
 
 try:
     from . import _fanout  # type: ignore[attr-defined]
-except ImportError as error:  # (an install without a C compiler)
+except ImportError as error:
     _fanout = None
-    _not_built = f"the C extension is not built ({error})"
+    if importlib.util.find_spec(f"{__package__}._fanout") is None:  # (installed without a compiler)
+        _not_built = ("relay/live/_fanout.c was not compiled at install: install again with a C "
+                      "compiler and Python's headers present")
+    else:
+        _not_built = f"relay/live/_fanout.c was compiled but does not load ({error})"
 
 #: The signature ``_fanout.c`` calls (libsrtp 2's, as pylibsrtp 1.0 binds it).
 PROTECT_SIGNATURE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
