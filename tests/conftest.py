@@ -308,16 +308,22 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """One Chromium per test (test_admin_browser.py has its own, with its own flags)."""
+@contextlib.asynccontextmanager
+async def launch_chromium(executable: str = "/usr/bin/chromium") -> AsyncIterator[Browser]:
+    """Debian's Chromium (or a wrapper that starts it) driven by Playwright, closed after."""
     async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                                   args=CHROMIUM_ARGS)
+        chromium = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
             yield chromium
         finally:
             await chromium.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """One Chromium per test (test_admin_browser.py has its own, with its own flags)."""
+    async with launch_chromium() as chromium:
+        yield chromium
 
 
 def run_relay(*args: str, env: dict[str, str] | None = None, check: bool = True

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CHROMIUM_ARGS
+from conftest import launch_chromium
 from live_system import LiveSystem, close_tab, embed, metric, no_tracebacks
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 SUBNET = f"10.209.{os.getpid() % 250}"
 RELAY_END, VIEWER_END = f"{SUBNET}.1", f"{SUBNET}.2"
@@ -93,13 +93,11 @@ def live(link: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveS
 
 @pytest.fixture
 async def viewer_browser(link: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=str(link), args=CHROMIUM_ARGS)
-        try:
+    try:
+        async with launch_chromium(str(link)) as chromium:
             yield chromium
-        finally:
-            await chromium.close()
-            loss(0)
+    finally:
+        loss(0)
 
 
 async def video_stats(page: Page) -> dict[str, Any]:

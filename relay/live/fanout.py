@@ -66,9 +66,9 @@ class Route:
         self.address = address
 
     def usable(self) -> bool:
-        """Nothing queued in the transport (the C path must not overtake it), and it is open."""
-        transport = self.transport
-        return not transport.is_closing() and not transport.get_write_buffer_size()
+        """Nothing queued in the transport: the C path must not overtake it. (That it is open,
+        the sender's ``_route`` has just checked.)"""
+        return not self.transport.get_write_buffer_size()
 
     def send(self, first: int, payload_type: int, sequence: int, timestamp: int, ssrc: int,
              extensions: bytes, payloads: list[bytes]) -> int:
